@@ -1,0 +1,145 @@
+"""The ``changecast`` command: serve, seed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from backend.app import create_app
+from backend.database import DatabaseError, open_database
+from backend.logs import configure_logging
+from backend.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings, SettingsError
+from seed.loader import seed_database
+from seed.progress import ProgressBar
+
+logger = logging.getLogger("changecast.cli")
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="changecast", description="Real-time order management on MongoDB change streams."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the web server (and the embedded database)")
+    serve.add_argument("--host", help="bind address (default: CHANGECAST_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: CHANGECAST_PORT or 8000)")
+    seed = sub.add_parser("seed", help="load deterministic demo data")
+    seed.add_argument("--reset", action="store_true", help="delete existing data first")
+    seed.add_argument("--orders", type=_non_negative, default=300, help="historical orders")
+    seed.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
+    return parser
+
+
+def _non_negative(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise CliError when ``host:port`` cannot be bound."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(
+                    f"port {port} on {host} is already in use; stop the other server or set "
+                    "CHANGECAST_PORT"
+                ) from None
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+async def serve(settings: Settings) -> None:
+    """Open the database, then run uvicorn until SIGINT or SIGTERM."""
+    check_port_free(settings.host, settings.port)
+    async with open_database(settings) as database:
+        if settings.demo:
+            _announce_demo_credentials(settings)
+        app = create_app(settings, database=database)
+        config = uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_config=None,
+            lifespan="on", ws="websockets-sansio", ws_max_size=64 * 1024,
+            timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)
+        logger.info("serving on http://%s:%s", settings.host, settings.port)
+        await server.serve()
+
+
+def _announce_demo_credentials(settings: Settings) -> None:
+    lines = ["demo mode: sign in as admin@example.com"]
+    if settings.admin_password == DEFAULT_ADMIN_PASSWORD:
+        lines[0] += f" / {DEFAULT_ADMIN_PASSWORD}"
+    customer = "customers: customer01@example.com ... customer25@example.com"
+    if settings.demo_password == DEFAULT_DEMO_PASSWORD:
+        customer += f" / {DEFAULT_DEMO_PASSWORD}"
+    lines.append(customer)
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+async def seed(settings: Settings, *, reset: bool, orders: int, seed_number: int) -> None:
+    """Load demo data and say what happened."""
+    async with open_database(settings) as database:
+        report = await seed_database(
+            database.db, admin_password=settings.admin_password,
+            demo_password=settings.demo_password, seed=seed_number, orders=orders, reset=reset,
+            progress=lambda total, label: ProgressBar(total, label=label),
+        )
+    if report.skipped:
+        print("database already seeded; nothing changed (use --reset to start over)")
+    else:
+        print(f"seeded {report.products} products, {report.users} users, "
+              f"{report.orders} orders")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``changecast`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if getattr(args, "host", None):
+            settings = _replace(settings, host=args.host)
+        if getattr(args, "port", None) is not None:
+            settings = _replace(settings, port=args.port)
+        configure_logging(settings.log_level)
+        if args.command == "serve":
+            asyncio.run(serve(settings))
+        elif args.command == "seed":
+            asyncio.run(seed(settings, reset=args.reset, orders=args.orders,
+                             seed_number=args.seed))
+    except (SettingsError, DatabaseError, CliError) as exc:
+        print(f"changecast: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _replace(settings: Settings, **changes: object) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Settings: one frozen object built once from the environment and passed down."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ADMIN_PASSWORD = "changecast-admin"
+DEFAULT_DEMO_PASSWORD = "changecast-demo"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value ChangeCast cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable about one ChangeCast process."""
+
+    mongodb_uri: str | None = None
+    db_name: str = "changecast"
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    demo: bool = True
+    admin_password: str = DEFAULT_ADMIN_PASSWORD
+    demo_password: str | None = DEFAULT_DEMO_PASSWORD
+    secret_key: str = ""
+    log_level: str = "INFO"
+    cache_size: int = 10_000
+    pipeline_enabled: bool = True
+    payment_success_rate: float = 0.9
+    payment_latency_ms: tuple[int, int] = (100, 800)
+    payment_concurrency: int = 64
+    reconcile_after_s: float = 30.0
+
+    @property
+    def embedded(self) -> bool:
+        """True when ChangeCast runs its own NX-27017 server."""
+        return self.mongodb_uri is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``); raise SettingsError."""
+        env = os.environ if env is None else env
+        uri = _text(env, "MONGODB_URI") or None
+        if uri is not None and not uri.startswith(("mongodb://", "mongodb+srv://")):
+            raise SettingsError(
+                f"MONGODB_URI must start with mongodb:// or mongodb+srv://, got {uri!r}"
+            )
+        demo = _flag(env, "CHANGECAST_DEMO", default=uri is None)
+        admin_password = _text(env, "CHANGECAST_ADMIN_PASSWORD")
+        if not admin_password:
+            if not demo:
+                raise SettingsError(
+                    "CHANGECAST_ADMIN_PASSWORD is required when CHANGECAST_DEMO is off"
+                )
+            admin_password = DEFAULT_ADMIN_PASSWORD
+        demo_password = _text(env, "CHANGECAST_DEMO_PASSWORD") or (
+            DEFAULT_DEMO_PASSWORD if demo else None
+        )
+        data_dir = Path(_text(env, "CHANGECAST_DATA_DIR") or "data")
+        db_name = _text(env, "CHANGECAST_DB") or "changecast"
+        if not db_name.replace("_", "").replace("-", "").isalnum() or len(db_name) > 60:
+            raise SettingsError(
+                f"CHANGECAST_DB must be letters, digits, '-' or '_' (at most 60), got {db_name!r}"
+            )
+        low, high = _range(env, "CHANGECAST_PAYMENT_LATENCY_MS", (100, 800))
+        return cls(
+            mongodb_uri=uri,
+            db_name=db_name,
+            data_dir=data_dir,
+            host=_text(env, "CHANGECAST_HOST") or "127.0.0.1",
+            port=_int(env, "CHANGECAST_PORT", 8000, low=1, high=65535),
+            demo=demo,
+            admin_password=admin_password,
+            demo_password=demo_password,
+            secret_key=_text(env, "CHANGECAST_SECRET_KEY") or _stored_secret(data_dir),
+            log_level=_choice(env, "CHANGECAST_LOG_LEVEL", "INFO", _LEVELS),
+            cache_size=_int(env, "CHANGECAST_CACHE_SIZE", 10_000, low=1, high=10_000_000),
+            pipeline_enabled=_flag(env, "CHANGECAST_PIPELINE", default=True),
+            payment_success_rate=_float(env, "CHANGECAST_PAYMENT_SUCCESS_RATE", 0.9, 0.0, 1.0),
+            payment_latency_ms=(low, high),
+            payment_concurrency=_int(env, "CHANGECAST_PAYMENT_CONCURRENCY", 64, low=1, high=10_000),
+            reconcile_after_s=_float(env, "CHANGECAST_RECONCILE_AFTER_S", 30.0, 0.1, 86_400.0),
+        )
+
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _text(env: Mapping[str, str], name: str) -> str:
+    return env.get(name, "").strip()
+
+
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = _text(env, name).lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be one of 1/0, true/false, yes/no, on/off, got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = _text(env, name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = _text(env, name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _range(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[int, int]:
+    raw = _text(env, name)
+    if not raw:
+        return default
+    parts = raw.split("-")
+    try:
+        low, high = (int(p) for p in parts)
+    except ValueError:
+        raise SettingsError(f"{name} must look like 100-800 (milliseconds), got {raw!r}") from None
+    if not 0 <= low <= high <= 60_000:
+        raise SettingsError(f"{name} must satisfy 0 <= low <= high <= 60000, got {raw!r}")
+    return low, high
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, options: tuple[str, ...]) -> str:
+    raw = _text(env, name).upper() or default
+    if raw not in options:
+        raise SettingsError(f"{name} must be one of {', '.join(options)}, got {raw!r}")
+    return raw
+
+
+def _stored_secret(data_dir: Path) -> str:
+    """Read the session secret from the data dir, creating it on first use."""
+    path = data_dir / "secret_key"
+    try:
+        if path.exists():
+            key = path.read_text().strip()
+            if len(key) >= 32:
+                return key
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        return key
+    except OSError as exc:
+        raise SettingsError(
+            f"CHANGECAST_DATA_DIR {str(data_dir)!r} is not usable for the session secret: "
+            f"{exc.strerror or exc}"
+        ) from None

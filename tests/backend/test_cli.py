@@ -1,0 +1,158 @@
+"""The ``changecast`` command, run as a real child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, free_port
+from tests.support.procs import alive, children_of, kill_quietly, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run_cli(args: list[str], env: dict[str, str],
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "backend.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+class Serving:
+    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
+        self.proc, self.port = proc, port
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        return get_json(f"http://127.0.0.1:{self.port}/api/health")
+
+    def nx_pid(self) -> int:
+        kids = children_of(self.proc.pid)
+        assert len(kids) == 1, f"expected one embedded database child, found {kids}"
+        return kids[0]
+
+
+@pytest.fixture
+def serving(clean_env: dict[str, str]) -> Iterator[Serving]:
+    port = free_port()
+    env = {**clean_env, "CHANGECAST_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    serving = Serving(proc, port)
+
+    def up() -> bool:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            return serving.health()[0] == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 60, "changecast serve to answer /api/health")
+        yield serving
+    finally:
+        for pid in children_of(proc.pid):
+            kill_quietly(pid, signal.SIGKILL)
+        kill_quietly(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_serve_health_ok_then_ctrl_c_leaves_no_process(serving: Serving) -> None:
+    status, body = serving.health()
+    assert status == 200 and body["status"] == "ok"
+    assert body["database"]["kind"] == "embedded"
+    nx_pid = serving.nx_pid()
+    serving.proc.send_signal(signal.SIGINT)
+    assert serving.proc.wait(20) in (0, 130)  # 130: the conventional Ctrl-C status
+    assert serving.proc.stdout is not None
+    assert "Application shutdown complete" in serving.proc.stdout.read()
+    wait_until(lambda: not alive(nx_pid), 10, "the embedded database to exit")
+
+
+def test_serve_recovers_after_kill_9_of_the_database(serving: Serving) -> None:
+    old = serving.nx_pid()
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: serving.health()[1]["database"].get("embedded", {}).get("restarts") == 1
+               and serving.health()[0] == 200, 30, "health to recover after a restart")
+    assert serving.nx_pid() != old
+
+
+def test_serve_killed_with_9_takes_the_database_with_it(serving: Serving) -> None:
+    nx_pid = serving.nx_pid()
+    os.kill(serving.proc.pid, signal.SIGKILL)
+    serving.proc.wait(10)
+    wait_until(lambda: not alive(nx_pid), 10, "the orphaned database to exit")
+
+
+def test_serve_unreachable_uri_exits_2_quickly_without_traceback(clean_env: dict[str, str]) -> None:
+    env = {**clean_env, "MONGODB_URI": "mongodb://127.0.0.1:1/?directConnection=true",
+           "CHANGECAST_ADMIN_PASSWORD": "admin-pass-123", "CHANGECAST_PORT": str(free_port())}
+    started = time.monotonic()
+    result = run_cli(["serve"], env)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 2
+    assert "127.0.0.1:1" in result.stderr and "is the server running" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_port_in_use_exits_2(clean_env: dict[str, str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli(["serve"], {**clean_env, "CHANGECAST_PORT": str(port)})
+    assert result.returncode == 2
+    assert "already in use" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_corrupt_data_file_is_a_clear_error(clean_env: dict[str, str]) -> None:
+    nx_dir = Path(clean_env["CHANGECAST_DATA_DIR"]) / "nx"
+    nx_dir.mkdir(parents=True)
+    (nx_dir / "changecast.db").write_bytes(b"garbage" * 1000)
+    result = run_cli(["serve"], {**clean_env, "CHANGECAST_PORT": str(free_port())})
+    assert result.returncode == 2
+    assert "could not be prepared" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_bad_setting_and_unknown_option(clean_env: dict[str, str]) -> None:
+    bad = run_cli(["serve"], {**clean_env, "CHANGECAST_PORT": "http"})
+    assert bad.returncode == 2 and "CHANGECAST_PORT" in bad.stderr
+    unknown = run_cli(["serve", "--frobnicate"], clean_env)
+    assert unknown.returncode == 2 and "usage: changecast" in unknown.stderr
+    missing = run_cli([], clean_env)
+    assert missing.returncode == 2 and "usage: changecast" in missing.stderr
+
+
+def test_cli_seed_is_idempotent_and_resettable(nx_uri: str, db_name: str,
+                                               clean_env: dict[str, str]) -> None:
+    env = {**clean_env, "MONGODB_URI": nx_uri, "CHANGECAST_DB": db_name, "CHANGECAST_DEMO": "on"}
+    first = run_cli(["seed", "--orders", "40"], env)
+    assert first.returncode == 0, first.stderr
+    assert "seeded 64 products, 26 users, 40 orders" in first.stdout
+    assert "40/" not in first.stdout and "[####" in first.stderr  # progress bar on stderr
+    again = run_cli(["seed", "--orders", "40"], env)
+    assert again.returncode == 0 and "nothing changed" in again.stdout
+    reset = run_cli(["seed", "--reset", "--orders", "10"], env)
+    assert reset.returncode == 0 and "10 orders" in reset.stdout
+    negative = run_cli(["seed", "--orders", "-1"], env)
+    assert negative.returncode == 2 and "expected 0 or more" in negative.stderr

@@ -1,0 +1,81 @@
+"""Shared fixtures: one embedded NX-27017 server per test session, a fresh database per test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, MongoClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_nx(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start NX-27017 the way the launcher does and wait for ``ping``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend.nxserver", "--data-dir", str(data_dir), "--port",
+         str(port), "--log-file", str(data_dir / "nx.log"), "--pid-file",
+         str(data_dir / "nx.pid")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        f"mongodb://127.0.0.1:{port}/?directConnection=true", serverSelectionTimeoutMS=200
+    )
+    deadline = time.monotonic() + 15
+    try:
+        while True:
+            try:
+                client.admin.command("ping")
+                return proc
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    proc.kill()
+                    raise RuntimeError("NX-27017 did not start for the tests") from None
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def nx_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URI of a session-wide embedded server (tests use their own database names)."""
+    port = free_port()
+    proc = start_nx(tmp_path_factory.mktemp("nx"), port)
+    yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def db_name() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def mongo(nx_uri: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(nx_uri, tz_aware=True)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for a ``changecast`` child process, with its own data dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGECAST_", "MONGODB_"))}
+    env["CHANGECAST_DATA_DIR"] = str(tmp_path / "data")
+    return env
