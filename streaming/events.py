@@ -1,0 +1,138 @@
+"""Normalized change events: one immutable shape for MongoDB's and NX-27017's changes."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import Binary, ObjectId
+
+from streaming.types import Document, Op
+
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What an update did: dotted path -> new value, and the removed paths."""
+
+    set: dict[str, Any] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.unset)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The wire form ``{"set": {...}, "unset": [...]}``."""
+        return {"set": self.set, "unset": list(self.unset)}
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One change as the engine emits it; ``seq`` is engine-wide and +1 per change."""
+
+    seq: int
+    op: Op
+    collection: str
+    key: Any
+    doc: Document | None
+    before: Document | None
+    changes: Changes | None
+    at: int
+    token: Any = None
+
+    @property
+    def image(self) -> Document | None:
+        """The newest known version: ``doc``, or ``before`` for a delete."""
+        return self.doc if self.doc is not None else self.before
+
+
+def decode(value: Any) -> Any:
+    """Turn NX-27017's wrapped values (``$date``, object ids, binary) into real types."""
+    if isinstance(value, dict):
+        if len(value) == 1 and "$date" in value:
+            return _decode_date(value["$date"])
+        if value.get("__neosqlite_objectid__") is True and "id" in value:
+            return ObjectId(value["id"])
+        if value.get("__neosqlite_binary__") is True and "data" in value:
+            return Binary(base64.b64decode(value["data"]), int(value.get("subtype", 0)))
+        return {k: decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    return value
+
+
+def _decode_date(raw: Any) -> Any:
+    if isinstance(raw, int | float):
+        return dt.datetime.fromtimestamp(raw / 1000, dt.UTC)
+    if isinstance(raw, dict) and "$numberLong" in raw:
+        return dt.datetime.fromtimestamp(int(raw["$numberLong"]) / 1000, dt.UTC)
+    if isinstance(raw, str):
+        parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return raw
+
+
+def diff(before: Document, after: Document) -> Changes:
+    """Dotted-path differences from ``before`` to ``after`` (arrays compare as whole values)."""
+    changed: dict[str, Any] = {}
+    removed: list[str] = []
+    _diff_into(before, after, "", changed, removed)
+    return Changes(changed, tuple(removed))
+
+
+def _diff_into(before: Document, after: Document, prefix: str, changed: dict[str, Any],
+               removed: list[str]) -> None:
+    for name, new in after.items():
+        path = prefix + name
+        old = before.get(name, _MISSING)
+        if old is _MISSING:
+            changed[path] = new
+        elif isinstance(old, dict) and isinstance(new, dict) and new:
+            _diff_into(old, new, path + ".", changed, removed)
+        elif not _same(old, new):
+            changed[path] = new
+    removed.extend(prefix + name for name in before if name not in after)
+
+
+def _same(a: Any, b: Any) -> bool:
+    # 1 == True in Python, but not in BSON: a change of type is a change.
+    return type(a) is type(b) and a == b
+
+
+def changes_from_description(description: Document) -> Changes:
+    """``Changes`` from MongoDB's ``updateDescription``."""
+    updated = description.get("updatedFields") or {}
+    removed = tuple(description.get("removedFields") or ())
+    truncated = description.get("truncatedArrays") or []
+    changed = dict(updated)
+    for entry in truncated:  # a truncated array is re-sent whole by the caller's doc
+        changed.setdefault(entry["field"], _MISSING)
+    return Changes({k: v for k, v in changed.items() if v is not _MISSING}, removed)
+
+
+def get_path(doc: Document | None, path: str) -> Any:
+    """The value at a dotted ``path`` in ``doc``, or None when absent."""
+    current: Any = doc
+    for part in path.split("."):
+        if isinstance(current, dict):
+            current = current.get(part)
+        else:
+            return None
+    return current
+
+
+def full_set(doc: Document) -> Changes:
+    """Changes that rebuild ``doc`` from nothing (used when no previous version is known)."""
+    return Changes({k: v for k, v in doc.items() if k != "_id"}, ())
+
+
+def epoch_ms(value: Any) -> int | None:
+    """Milliseconds since the epoch for a datetime (naive means UTC), else None."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return int(value.timestamp() * 1000)
+    return None

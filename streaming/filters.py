@@ -1,0 +1,414 @@
+"""The ``where`` language: a small SQL-like filter compiled once to a predicate.
+
+Grammar (keywords are case-insensitive)::
+
+    expr       := term (OR term)*
+    term       := factor (AND factor)*
+    factor     := NOT factor | '(' expr ')' | comparison
+    comparison := path ( ('=' | '!=' | '<>' | '<' | '<=' | '>' | '>=') literal
+                       | [NOT] IN '(' literal (',' literal)* ')'
+                       | IS [NOT] NULL )
+    literal    := 'string' | number | TRUE | FALSE | NULL
+
+A hand-written recursive-descent parser rather than a parser library: the
+grammar is a dozen lines, the errors can name the exact position and what was
+expected there, and the engine stays free of a dependency on its hot path.
+Expressions compile to closures (never ``eval``).
+
+Semantics are two-valued and type-strict: a comparison with a missing or null
+field is false (use ``IS NULL``), numbers compare with numbers and strings
+with strings, booleans only with ``=``/``!=``. ``NOT`` negates. Array fields
+compare as whole values (MongoDB's "array contains" matching is not used).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from streaming.errors import FilterError
+from streaming.types import Document
+
+MAX_LENGTH = 1_000
+MAX_DEPTH = 32
+
+Predicate = Callable[[Document], bool]
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<string>'(?:[^']|'')*')
+      | (?P<number>-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)
+      | (?P<op><>|!=|<=|>=|=|<|>)
+      | (?P<punct>[(),])
+      | (?P<word>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_0-9][A-Za-z0-9_]*)*)
+    )""",
+    re.VERBOSE,
+)
+_KEYWORDS = {"AND", "OR", "NOT", "IN", "IS", "NULL", "TRUE", "FALSE"}
+_ORDERING = {"<", "<=", ">", ">="}
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    kind: str  # string, number, op, punct, word, keyword, end
+    text: str
+    value: Any
+    pos: int
+
+
+# ---- syntax tree ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """``path op value``."""
+
+    path: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class In:
+    """``path [NOT] IN (values)``."""
+
+    path: str
+    values: tuple[Any, ...]
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IsNull:
+    """``path IS [NOT] NULL``."""
+
+    path: str
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    """All of ``items``."""
+
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    """Any of ``items``."""
+
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    """The negation of ``item``."""
+
+    item: Node
+
+
+Node = Compare | In | IsNull | And | Or | Not
+
+
+# ---- tokenizer and parser -------------------------------------------------------------------
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        match = _TOKEN.match(text, pos)
+        if match is None or match.end() == pos:
+            start = len(text) - len(text[pos:].lstrip())
+            if text[start] == "'":
+                raise FilterError("unterminated string: expected a closing '", start)
+            raise FilterError(f"unexpected character {text[start]!r}", start)
+        kind = match.lastgroup or ""
+        raw = match.group(kind)
+        start = match.start(kind)
+        value: Any = raw
+        if kind == "string":
+            value = raw[1:-1].replace("''", "'")
+        elif kind == "number":
+            value = float(raw) if any(c in raw for c in ".eE") else int(raw)
+        elif kind == "word" and raw.upper() in _KEYWORDS:
+            kind, value = "keyword", raw.upper()
+        tokens.append(_Token(kind, raw, value, start))
+        pos = match.end()
+    tokens.append(_Token("end", "end of input", None, len(text)))
+    return tokens
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.tokens = _tokenize(text)
+        self.index = 0
+        self.depth = 0
+
+    @property
+    def token(self) -> _Token:
+        return self.tokens[self.index]
+
+    def _advance(self) -> _Token:
+        token = self.tokens[self.index]
+        self.index += 1
+        return token
+
+    def _is_keyword(self, word: str) -> bool:
+        return self.token.kind == "keyword" and self.token.value == word
+
+    def _expect(self, description: str, ok: bool) -> _Token:
+        if not ok:
+            raise FilterError(f"expected {description}, got {self.token.text!r}", self.token.pos)
+        return self._advance()
+
+    def parse(self) -> Node:
+        node = self._expr()
+        self._expect("AND, OR or the end of the expression", self.token.kind == "end")
+        return node
+
+    def _expr(self) -> Node:
+        items = [self._term()]
+        while self._is_keyword("OR"):
+            self._advance()
+            items.append(self._term())
+        return items[0] if len(items) == 1 else Or(tuple(items))
+
+    def _term(self) -> Node:
+        items = [self._factor()]
+        while self._is_keyword("AND"):
+            self._advance()
+            items.append(self._factor())
+        return items[0] if len(items) == 1 else And(tuple(items))
+
+    def _factor(self) -> Node:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise FilterError(f"expression nests deeper than {MAX_DEPTH} levels", self.token.pos)
+        try:
+            if self._is_keyword("NOT"):
+                self._advance()
+                return Not(self._factor())
+            if self.token.kind == "punct" and self.token.text == "(":
+                self._advance()
+                node = self._expr()
+                self._expect("')'", self.token.kind == "punct" and self.token.text == ")")
+                return node
+            return self._comparison()
+        finally:
+            self.depth -= 1
+
+    def _comparison(self) -> Node:
+        path = self._expect("a field name, NOT or '('", self.token.kind == "word").text
+        if self.token.kind == "op":
+            op = self._advance().text
+            position = self.token.pos
+            value = self._literal()
+            if value is None:
+                raise FilterError(f"NULL cannot be compared with {op}; use IS NULL or "
+                                  "IS NOT NULL", position)
+            if op in _ORDERING and (isinstance(value, bool) or not isinstance(value, int | float | str)):
+                raise FilterError(f"expected a number or a string after {op}", position)
+            return Compare(path, "!=" if op == "<>" else op, value)
+        negated = False
+        if self._is_keyword("NOT"):
+            self._advance()
+            negated = True
+            self._expect("IN after NOT", self._is_keyword("IN"))
+            return In(path, self._list(), negated)
+        if self._is_keyword("IN"):
+            self._advance()
+            return In(path, self._list(), negated)
+        if self._is_keyword("IS"):
+            self._advance()
+            if self._is_keyword("NOT"):
+                self._advance()
+                negated = True
+            self._expect("NULL", self._is_keyword("NULL"))
+            return IsNull(path, negated)
+        raise FilterError(
+            f"expected a comparison (=, !=, <>, <, <=, >, >=, IN, NOT IN, IS) after {path!r}, "
+            f"got {self.token.text!r}", self.token.pos)
+
+    def _list(self) -> tuple[Any, ...]:
+        self._expect("'(' to open the IN list", self.token.kind == "punct" and self.token.text == "(")
+        values = [self._literal()]
+        while self.token.kind == "punct" and self.token.text == ",":
+            self._advance()
+            values.append(self._literal())
+        self._expect("',' or ')'", self.token.kind == "punct" and self.token.text == ")")
+        return tuple(values)
+
+    def _literal(self) -> Any:
+        token = self.token
+        if token.kind in {"string", "number"}:
+            self._advance()
+            return token.value
+        if token.kind == "keyword" and token.value in {"TRUE", "FALSE", "NULL"}:
+            self._advance()
+            return {"TRUE": True, "FALSE": False, "NULL": None}[token.value]
+        raise FilterError(f"expected a value (a 'string', a number, TRUE, FALSE or NULL), "
+                          f"got {token.text!r}", token.pos)
+
+
+def parse(text: str) -> Node:
+    """Parse a ``where`` expression; raise FilterError naming the position on mistakes."""
+    if not isinstance(text, str):
+        raise FilterError(f"expected the expression as a string, got {type(text).__name__}", 0)
+    if len(text) > MAX_LENGTH:
+        raise FilterError(f"expression is {len(text)} characters; the limit is {MAX_LENGTH}",
+                          MAX_LENGTH)
+    if not text.strip():
+        raise FilterError("expected an expression, got an empty string", 0)
+    return _Parser(text).parse()
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def values_equal(a: Any, b: Any) -> bool:
+    """Type-strict equality (numbers compare across int and float; bools are not numbers)."""
+    if a is None or b is None:
+        return False
+    if _is_number(a) and _is_number(b):
+        return bool(a == b)
+    return type(a) is type(b) and bool(a == b)
+
+
+def _ordered(a: Any, b: Any, op: str) -> bool:
+    if not ((_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str))):
+        return False
+    if op == "<":
+        return bool(a < b)
+    if op == "<=":
+        return bool(a <= b)
+    if op == ">":
+        return bool(a > b)
+    return bool(a >= b)
+
+
+def _getter(path: str) -> Callable[[Document], Any]:
+    parts = path.split(".")
+    if len(parts) == 1:
+        name = parts[0]
+        return lambda doc: doc.get(name)
+
+    def get(doc: Document) -> Any:
+        current: Any = doc
+        for part in parts:
+            if not isinstance(current, dict):
+                return None
+            current = current.get(part)
+        return current
+
+    return get
+
+
+def _compile(node: Node) -> Predicate:
+    if isinstance(node, Compare):
+        get, value, op = _getter(node.path), node.value, node.op
+        if op == "=":
+            return lambda doc: values_equal(get(doc), value)
+        if op == "!=":
+            return lambda doc: (v := get(doc)) is not None and not values_equal(v, value)
+        return lambda doc: _ordered(get(doc), value, op)
+    if isinstance(node, In):
+        get, options, negated = _getter(node.path), node.values, node.negated
+
+        def member(doc: Document) -> bool:
+            v = get(doc)
+            if v is None:
+                return False
+            found = any(values_equal(v, option) for option in options)
+            return not found if negated else found
+
+        return member
+    if isinstance(node, IsNull):
+        get = _getter(node.path)
+        if node.negated:
+            return lambda doc: get(doc) is not None
+        return lambda doc: get(doc) is None
+    if isinstance(node, And):
+        parts = [_compile(item) for item in node.items]
+        return lambda doc: all(part(doc) for part in parts)
+    if isinstance(node, Or):
+        parts = [_compile(item) for item in node.items]
+        return lambda doc: any(part(doc) for part in parts)
+    inner = _compile(node.item)
+    return lambda doc: not inner(doc)
+
+
+def _to_mongo(node: Node) -> Document:
+    if isinstance(node, Compare):
+        operator = {"=": None, "!=": "$nin", "<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
+        mongo_op = operator[node.op]
+        if mongo_op is None:
+            return {node.path: node.value}
+        if mongo_op == "$nin":
+            return {node.path: {"$nin": [node.value, None]}}
+        return {node.path: {mongo_op: node.value}}
+    if isinstance(node, In):
+        if node.negated:
+            return {node.path: {"$nin": [*node.values, None]}}
+        return {node.path: {"$in": [v for v in node.values if v is not None]}}
+    if isinstance(node, IsNull):
+        return {node.path: {"$ne": None}} if node.negated else {node.path: None}
+    if isinstance(node, And):
+        return {"$and": [_to_mongo(item) for item in node.items]}
+    if isinstance(node, Or):
+        return {"$or": [_to_mongo(item) for item in node.items]}
+    return {"$nor": [_to_mongo(node.item)]}
+
+
+def _constraints(node: Node) -> dict[str, frozenset[Any]]:
+    """Fields the expression pins to a finite set of values (for routing)."""
+    if isinstance(node, Compare) and node.op == "=" and _hashable(node.value):
+        return {node.path: frozenset([node.value])}
+    if isinstance(node, In) and not node.negated and all(_hashable(v) for v in node.values):
+        return {node.path: frozenset(v for v in node.values if v is not None)}
+    if isinstance(node, And):
+        merged: dict[str, frozenset[Any]] = {}
+        for item in node.items:
+            for path, values in _constraints(item).items():
+                merged[path] = merged[path] & values if path in merged else values
+        return merged
+    if isinstance(node, Or):
+        branches = [_constraints(item) for item in node.items]
+        common = set.intersection(*(set(b) for b in branches)) if branches else set()
+        return {path: frozenset().union(*(b[path] for b in branches)) for path in common}
+    return {}
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+class Filter:
+    """A compiled ``where`` expression: ``matches(doc)``, ``mongo``, ``constraints``."""
+
+    __slots__ = ("constraints", "matches", "mongo", "node", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.node = parse(text)
+        self.matches: Predicate = _compile(self.node)
+        self.mongo: Document = _to_mongo(self.node)
+        self.constraints: dict[str, frozenset[Any]] = _constraints(self.node)
+
+    def __repr__(self) -> str:
+        return f"Filter({self.text!r})"
+
+
+def compile_filter(text: str) -> Filter:
+    """Parse and compile ``text``; raise FilterError on mistakes."""
+    return Filter(text)
+
+
+def equals_filter(fields: dict[str, Any]) -> Predicate:
+    """A predicate for ``field = value AND ...`` with the language's equality rules."""
+    items = [(_getter(path), value) for path, value in fields.items()]
+    return lambda doc: all(values_equal(get(doc), value) for get, value in items)

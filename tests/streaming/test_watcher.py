@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from pymongo.errors import AutoReconnect, OperationFailure, ServerSelectionTimeoutError
+
+from streaming.breaker import BreakerState, CircuitBreaker
+from streaming.watcher import CollectionWatcher, MemoryCheckpoints, WatcherState
+from tests.streaming.fakes import FakeCollection, change
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class Harness:
+    def __init__(self, collection: FakeCollection, *, expect: int, mode: str = "await",
+                 **kwargs: Any) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.lost: list[str] = []
+        self.delays: list[float] = []
+        self.expect = expect
+        self.done = asyncio.Event()
+        self.checkpoints = kwargs.pop("checkpoints", MemoryCheckpoints())
+
+        async def sleep(delay: float) -> None:
+            self.delays.append(delay)
+            await asyncio.sleep(0)
+
+        self.watcher = CollectionWatcher(
+            collection, handler=self.handle, on_history_lost=self.on_lost, mode=mode,  # type: ignore[arg-type]
+            checkpoints=self.checkpoints, sleep=sleep, rng=random.Random(1),
+            checkpoint_interval=0, **kwargs)
+
+    def handle(self, name: str, raw: dict[str, Any]) -> None:
+        self.seen.append(raw)
+        self.check()
+
+    def on_lost(self, name: str, reason: str) -> None:
+        self.lost.append(reason)
+        self.check()
+
+    def check(self) -> None:
+        if len(self.seen) + len(self.lost) >= self.expect:
+            self.done.set()
+
+    async def run(self) -> None:
+        await self.watcher.start(wait=False)
+        await asyncio.wait_for(self.done.wait(), 5)
+        await self.watcher.stop()
+
+
+async def test_watcher_resumes_from_last_token_after_a_network_error() -> None:
+    coll = FakeCollection("orders", [[change(1), change(2), AutoReconnect("reset")],
+                                     [change(3)]])
+    h = Harness(coll, expect=3)
+    await h.run()
+    assert [c["documentKey"]["_id"] for c in h.seen] == ["k1", "k2", "k3"]
+    assert coll.calls[1]["resume_after"] == {"_data": "T0002"}
+    assert h.watcher.reconnects == 1 and len(h.delays) == 1
+    assert await h.checkpoints.load("orders") == {"_data": "T0003"}
+
+
+async def test_watcher_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    failures: list[Any] = [ServerSelectionTimeoutError("no server") for _ in range(8)]
+    coll = FakeCollection("orders", [*failures, [change(1)]])
+    h = Harness(coll, expect=1, breaker=CircuitBreaker(failure_threshold=100),
+                backoff_initial=0.1, backoff_max=1.0)
+    await h.run()
+    assert len(h.delays) == 8
+    for attempt, delay in enumerate(h.delays):
+        ceiling = min(1.0, 0.1 * 2 ** attempt)
+        assert ceiling * 0.5 <= delay <= ceiling
+    assert h.watcher.errors == 8
+
+
+async def test_watcher_opens_through_the_breaker_which_fails_fast_when_open() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=10, clock=lambda: now[0])
+    coll = FakeCollection("orders", [ServerSelectionTimeoutError("x"),
+                                     ServerSelectionTimeoutError("x"), [change(1)]])
+    h = Harness(coll, expect=1, breaker=breaker)
+    await h.watcher.start(wait=False)
+    while len(h.delays) < 5:  # attempts 3..5 are refused by the open breaker
+        await asyncio.sleep(0)
+    assert breaker.state is BreakerState.OPEN
+    assert len(coll.calls) == 2
+    now[0] = 11.0  # past the reset timeout: one trial goes through
+    await asyncio.wait_for(h.done.wait(), 5)
+    await h.watcher.stop()
+    assert breaker.state is BreakerState.CLOSED and len(coll.calls) == 3
+
+
+async def test_watcher_history_lost_error_resyncs_and_continues_from_now() -> None:
+    coll = FakeCollection("orders", [
+        [change(1), OperationFailure("resume point lost", code=286)], [change(2)]])
+    h = Harness(coll, expect=3)
+    await h.run()
+    assert len(h.lost) == 1 and "resume point lost" in h.lost[0]
+    assert "resume_after" not in coll.calls[1]
+    assert [c["documentKey"]["_id"] for c in h.seen] == ["k1", "k2"]
+
+
+async def test_watcher_drop_is_history_lost_and_invalidate_reopens() -> None:
+    drop = {"_id": {"_data": "T9"}, "operationType": "drop"}
+    invalidate = {"_id": {"_data": "T10"}, "operationType": "invalidate"}
+    coll = FakeCollection("orders", [[change(1), drop], [invalidate], [change(2)]])
+    h = Harness(coll, expect=3)
+    await h.run()
+    assert len(h.lost) == 1 and "drop" in h.lost[0]
+    assert len(coll.calls) == 3 and "resume_after" not in coll.calls[2]
+
+
+async def test_watcher_starts_from_the_checkpoint_and_saves_after_hand_off() -> None:
+    checkpoints = MemoryCheckpoints()
+    await checkpoints.save("orders", {"_data": "T0005"})
+    coll = FakeCollection("orders", [[change(6), change(7)]])
+    saved_when_handled: list[Any] = []
+    h = Harness(coll, expect=2, checkpoints=checkpoints)
+    original = h.handle
+
+    def handle(name: str, raw: dict[str, Any]) -> None:
+        saved_when_handled.append(checkpoints.tokens["orders"])
+        original(name, raw)
+
+    h.watcher.handler = handle
+    await h.run()
+    assert coll.calls[0]["resume_after"] == {"_data": "T0005"}
+    # The token of a change is saved only after the change was handed off.
+    assert saved_when_handled == [{"_data": "T0005"}, {"_data": "T0006"}]
+    assert checkpoints.tokens["orders"] == {"_data": "T0007"}
+    assert h.watcher.state is WatcherState.STOPPED
+
+
+async def test_watcher_nx_gap_after_pruning_is_history_lost() -> None:
+    checkpoints = MemoryCheckpoints()
+    await checkpoints.save("orders", {"_data": "nx:10"})
+    replay = [change(n, nx=True) for n in range(3_000, 4_000)]
+    coll = FakeCollection("orders", [replay], poll=True, head={"_data": "nx:3999"})
+    h = Harness(coll, expect=1_001, mode="poll", checkpoints=checkpoints)
+    await h.run()
+    assert len(h.seen) == 1_000 and len(h.lost) == 1 and "pruned" in h.lost[0]
+
+
+async def test_watcher_nx_contiguous_resume_is_not_a_loss() -> None:
+    checkpoints = MemoryCheckpoints()
+    await checkpoints.save("orders", {"_data": "nx:10"})
+    replay = [change(n, nx=True) for n in range(11, 1_100)]
+    coll = FakeCollection("orders", [replay], poll=True, head={"_data": "nx:1099"})
+    h = Harness(coll, expect=len(replay), mode="poll", checkpoints=checkpoints)
+    await h.run()
+    assert h.lost == []
+
+
+async def test_watcher_nx_token_past_the_head_means_a_reset_database() -> None:
+    checkpoints = MemoryCheckpoints()
+    await checkpoints.save("orders", {"_data": "nx:500"})
+    coll = FakeCollection("orders", [[change(1, nx=True)]], poll=True, head={"_data": "nx:3"})
+    h = Harness(coll, expect=2, mode="poll", checkpoints=checkpoints)
+    await h.run()
+    assert "past the head" in h.lost[0]
+    assert "resume_after" not in coll.calls[-1]
