@@ -197,7 +197,7 @@ class Subscriber:
         return items
 
     async def get_batch(self, limit: int = 256) -> list[Delivery]:
-        """Wait until something is queued (or the subscriber closes), then drain."""
+        """Wait until something is queued, then drain; an empty list means it was closed."""
         while not self._queue and not self.closed:
             await self._ready.wait()
         return self.drain(limit)
