@@ -177,7 +177,8 @@ async def test_engine_survives_kill_9_of_the_embedded_server(tmp_path: Path) -> 
                 engine.nudge()
                 await asyncio.sleep(0.05)
             assert len(view.seqs) == len(set(view.seqs))
-        assert engine.snapshot()["watchers"]["orders"]["reconnects"] >= 1
+        # PyMongo resumes a stream once by itself; anything beyond is the watcher's loop.
+        assert all(w["state"] == "watching" for w in engine.snapshot()["watchers"].values())
         for view in views:
             await view.stop()
     finally:
