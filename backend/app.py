@@ -9,19 +9,34 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.schemas import SchemaGenerator
 
+from backend import api, pages
+from backend.auth import LoginThrottle
 from backend.database import Database, open_database
+from backend.errors import HANDLERS
+from backend.security import GuardMiddleware
 from backend.settings import Settings
+from backend.ws import websocket_endpoint
 from seed.loader import is_seeded, seed_database
+from streaming import ChangeEngine, MongoCheckpoints
 
 logger = logging.getLogger("changecast.app")
 
+SCHEMAS = SchemaGenerator({"openapi": "3.0.3",
+                           "info": {"title": "ChangeCast API", "version": "0.1.0"}})
+
 
 async def health(request: Request) -> JSONResponse:
-    """``GET /api/health``: is the database reachable, what is it, how long have we run."""
+    """
+    summary: Is the database reachable
+    responses: {200: {description: ok}, 503: {description: the database is down}}
+    """
     database: Database = request.state.database
     reachable = await database.ping(timeout=1.0)
     body: dict[str, Any] = {
@@ -35,6 +50,20 @@ async def health(request: Request) -> JSONResponse:
             "restarts": database.embedded.restarts,
         }
     return JSONResponse(body, status_code=200 if reachable else 503)
+
+
+async def openapi(request: Request) -> Response:
+    return SCHEMAS.OpenAPIResponse(request=request)
+
+
+def build_engine(database: Database, settings: Settings) -> ChangeEngine:
+    """One change stream per watched collection; polling on the embedded server."""
+    return ChangeEngine(
+        database.db, mode="poll" if database.kind == "embedded" else "await",
+        cache_size=settings.cache_size,
+        checkpoints=MongoCheckpoints(database.db.stream_checkpoints,
+                                     instance_id=database.instance_id),
+    )
 
 
 def create_app(settings: Settings, *, database: Database | None = None) -> Starlette:
@@ -52,9 +81,41 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
                 if not report.skipped:
                     logger.info("seeded demo data: %s products, %s users, %s orders",
                                 report.products, report.users, report.orders)
-            yield {"database": db, "settings": settings, "started": time.monotonic()}
+            engine = build_engine(db, settings)
+            await engine.start()
+            stack.push_async_callback(engine.stop)
+            await engine.prime("products")
+            await engine.prime("users")
+            yield {"database": db, "db": db.db, "engine": engine, "settings": settings,
+                   "started": time.monotonic(), "throttle": LoginThrottle(),
+                   "templates": pages.make_templates(), "connections": set()}
 
-    return Starlette(
-        routes=[Route("/api/health", health, methods=["GET"])],
-        lifespan=lifespan,
-    )
+    routes = [
+        Route("/api/health", health, methods=["GET"]),
+        Route("/api/metrics", api.metrics, methods=["GET"]),
+        Route("/api/login", api.login, methods=["POST"]),
+        Route("/api/logout", api.logout, methods=["POST"]),
+        Route("/api/me", api.me, methods=["GET"]),
+        Route("/api/products", api.list_products, methods=["GET"]),
+        Route("/api/products/{product_id}", api.get_product, methods=["GET"]),
+        Route("/api/products/{product_id}/stock", api.put_stock, methods=["PUT"]),
+        Route("/api/orders", api.list_orders, methods=["GET"]),
+        Route("/api/orders", api.post_order, methods=["POST"]),
+        Route("/api/orders/{order_id}", api.get_order, methods=["GET"]),
+        Route("/api/orders/{order_id}/status", api.put_order_status, methods=["PUT"]),
+        Route("/api/simulate/new-order", api.simulate_new_order, methods=["POST"]),
+        Route("/api/simulate/update-stock", api.simulate_update_stock, methods=["POST"]),
+        Route("/api/simulate/status-update", api.simulate_status_update, methods=["POST"]),
+        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        Route("/login", pages.login_page, methods=["GET"], include_in_schema=False),
+        Route("/login", pages.login_form, methods=["POST"], include_in_schema=False),
+        WebSocketRoute("/ws", websocket_endpoint),
+    ]
+    middleware = [
+        Middleware(GuardMiddleware),
+        Middleware(SessionMiddleware, secret_key=settings.secret_key,
+                   session_cookie="changecast_session", same_site="lax",
+                   https_only=settings.secure_cookies, max_age=14 * 24 * 3600),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                     exception_handlers=HANDLERS)  # type: ignore[arg-type]

@@ -39,6 +39,7 @@ class Settings:
     payment_latency_ms: tuple[int, int] = (100, 800)
     payment_concurrency: int = 64
     reconcile_after_s: float = 30.0
+    secure_cookies: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -89,6 +90,7 @@ class Settings:
             payment_latency_ms=(low, high),
             payment_concurrency=_int(env, "CHANGECAST_PAYMENT_CONCURRENCY", 64, low=1, high=10_000),
             reconcile_after_s=_float(env, "CHANGECAST_RECONCILE_AFTER_S", 30.0, 0.1, 86_400.0),
+            secure_cookies=_flag(env, "CHANGECAST_SECURE_COOKIES", default=False),
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import string
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 Document = dict[str, Any]
@@ -64,6 +64,15 @@ LOW_STOCK_THRESHOLD = 10
 ORDER_ID_ALPHABET = string.ascii_uppercase + string.digits
 
 
+def iso(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds, e.g. ``2026-11-22T04:30:00.123Z``.
+
+    Timestamps are stored as these strings: they sort correctly, read well in
+    JSON, and survive NX-27017, which turns a ``$set`` of a datetime into text.
+    """
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def customer_email(n: int) -> str:
     """The demo e-mail of customer ``n`` (1-based)."""
     return f"customer{n:02d}@example.com"
@@ -119,7 +128,7 @@ def _products(rng: random.Random, now: datetime) -> list[Document]:
                 "price_cents": price,
                 "stock": stock,
                 "low_stock_threshold": LOW_STOCK_THRESHOLD,
-                "updated_at": now,
+                "updated_at": iso(now),
             })
     return products
 
@@ -154,7 +163,7 @@ def _order(rng: random.Random, products: list[Document], customers: list[Documen
     at = created
     history = []
     for step in STATUS_PATHS[status]:
-        history.append({"status": step, "at": at, "by": ACTORS.get(step, "pipeline")})
+        history.append({"status": step, "at": iso(at), "by": ACTORS.get(step, "pipeline")})
         at += timedelta(seconds=rng.randint(1, 3600))
     order: Document = {
         "_id": order_id(rng),
@@ -164,7 +173,7 @@ def _order(rng: random.Random, products: list[Document], customers: list[Documen
         "status": status,
         "history": history,
         "correlation_id": f"{rng.getrandbits(128):032x}",
-        "created_at": created,
+        "created_at": iso(created),
         "updated_at": history[-1]["at"],
         "payment": None,
     }

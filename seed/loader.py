@@ -12,7 +12,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from backend.passwords import hash_password
-from seed.data import generate
+from seed.data import generate, iso
 from seed.progress import ProgressBar
 
 SEEDED_COLLECTIONS = ("products", "users", "orders", "notifications", "audit")
@@ -71,11 +71,11 @@ async def seed_database(
     hashes = await asyncio.gather(*(asyncio.to_thread(hash_password, p) for p in passwords))
     for user, password_hash in zip(data.users, hashes, strict=True):
         user["password_hash"] = password_hash
-        user["created_at"] = datetime.now(UTC)
+        user["created_at"] = iso(datetime.now(UTC))
     await _insert(db, "users", data.users, bar)
     await _insert(db, "orders", data.orders, bar)
     await db.meta.insert_one(
-        {"_id": "seed", "seed": seed, "orders": orders, "at": datetime.now(UTC)}
+        {"_id": "seed", "seed": seed, "orders": orders, "at": iso(datetime.now(UTC))}
     )
     return SeedReport(
         skipped=False, products=len(data.products), users=len(data.users),

@@ -17,10 +17,12 @@ _ABSENT: Any = object()
 
 class _Counting(LRUCache[tuple[str, Any], tuple[Document | None, bool]]):
     evictions = 0
+    complete: set[str]
 
     def popitem(self) -> tuple[tuple[str, Any], tuple[Document | None, bool]]:
         item = super().popitem()
         self.evictions += 1
+        self.complete.discard(item[0][0])
         return item
 
 
@@ -38,10 +40,13 @@ class DocumentCache:
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize!r}")
         self._data = _Counting(maxsize=maxsize)
+        # Collections held whole (primed, nothing evicted since): lists can be served here.
+        self._data.complete = set()
         self._loader = loader
         self._breaker = breaker
         # Bumped whenever the stream touches a key: a load that started earlier is stale.
         self._generation: dict[tuple[str, Any], int] = {}
+        self._epoch = 0
         self.hits = 0
         self.misses = 0
 
@@ -65,7 +70,9 @@ class DocumentCache:
         key = (event.collection, event.key)
         self._generation[key] = self._generation.get(key, 0) + 1
         if len(self._generation) > 4 * self._data.maxsize:
-            self._generation.clear()  # bounded; a cleared map only makes loads conservative
+            # Bounded memory; the epoch makes every load that started before this one stale.
+            self._generation.clear()
+            self._epoch += 1
         self._data[key] = (None if event.op == "delete" else event.doc, True)
 
     def stream_version(self, collection: str, key: Any) -> Document | Any | None:
@@ -77,15 +84,28 @@ class DocumentCache:
 
     def prime(self, collection: str, docs: list[Document]) -> None:
         """Seed stream versions from a snapshot read after the stream was opened."""
+        if len(docs) > self._data.maxsize:
+            return
         for doc in docs:
             self._data[(collection, doc["_id"])] = (doc, True)
+        self._data.complete.add(collection)
+
+    def documents(self, collection: str) -> list[Document] | None:
+        """Every document of a collection held whole, or None when it is not."""
+        if collection not in self._data.complete:
+            return None
+        return [entry[0] for key, entry in self._data.items()
+                if key[0] == collection and entry[0] is not None]
 
     def invalidate(self, collection: str | None = None) -> None:
         """Forget one collection's documents, or everything."""
         if collection is None:
             self._data.clear()
             self._generation.clear()
+            self._epoch += 1
+            self._data.complete.clear()
             return
+        self._data.complete.discard(collection)
         for key in [k for k in self._data if k[0] == collection]:
             del self._data[key]
             self._generation[key] = self._generation.get(key, 0) + 1
@@ -99,13 +119,13 @@ class DocumentCache:
         self.misses += 1
         if self._loader is None:
             return None
-        generation = self._generation.get((collection, key), 0)
+        generation = (self._epoch, self._generation.get((collection, key), 0))
         loader = self._loader
         if self._breaker is not None:
             doc = await self._breaker.call(lambda: loader(collection, key))
         else:
             doc = await loader(collection, key)
-        if self._generation.get((collection, key), 0) == generation:
+        if (self._epoch, self._generation.get((collection, key), 0)) == generation:
             self._data[(collection, key)] = (doc, False)
         else:
             # The stream applied a change while we were loading: its version wins.

@@ -67,6 +67,7 @@ class ChangeEngine:
             for name in self.collections
         }
         self._listeners: list[Listener] = []
+        self._waiters: dict[tuple[str, Any], list[tuple[asyncio.Future[None], Any]]] = {}
         self._lost_listeners: list[Callable[[str, str], None]] = []
         self.started_at = time.monotonic()
 
@@ -118,6 +119,31 @@ class ChangeEngine:
         """Call ``listener(collection, reason)`` when a collection's history is lost."""
         self._lost_listeners.append(listener)
 
+    async def settle(self, collection: str, key: Any, doc: Document | None, *,
+                     timeout: float = 1.0) -> bool:
+        """Wait until the stream has delivered ``doc`` (this process's own write) for ``key``.
+
+        After it returns True, cache reads see the write and subscribers have it queued:
+        read-your-writes for the API. False when it did not arrive within ``timeout``
+        (e.g. a later write got there first on a server that looks documents up late).
+        """
+        if self.cache.stream_version(collection, key) == doc:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault((collection, key), [])
+        entry = (future, doc)
+        waiters.append(entry)
+        self.nudge(collection)
+        try:
+            await asyncio.wait_for(future, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters.remove(entry)
+            if not waiters:
+                self._waiters.pop((collection, key), None)
+
     async def get(self, collection: str, key: Any) -> Document | None:
         """A document through the cache (read-through on a miss, guarded by the breaker)."""
         return await self.cache.get(collection, key)
@@ -152,6 +178,11 @@ class ChangeEngine:
         if event is None:
             return
         self.watchers[collection].mark_event_time(event.at)
+        waiters = self._waiters.get((collection, event.key))
+        if waiters:
+            for future, expected in waiters:
+                if not future.done() and event.doc == expected:
+                    future.set_result(None)
         self.metrics.handoff.observe(max(0.0, time.time() * 1000 - event.at))
         for listener in self._listeners:
             try:

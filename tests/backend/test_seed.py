@@ -8,7 +8,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from backend.passwords import verify_password
-from seed.data import LOW_STOCK_THRESHOLD, STATUS_PATHS, generate
+from seed.data import LOW_STOCK_THRESHOLD, STATUS_PATHS, generate, iso
 from seed.loader import seed_database
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -33,7 +33,7 @@ def test_generate_meets_the_demo_floor() -> None:
     assert len(data.orders) >= 300
     assert set(Counter(o["status"] for o in data.orders)) == set(STATUS_PATHS)
     oldest = min(o["created_at"] for o in data.orders)
-    assert NOW - timedelta(days=14) <= oldest < NOW - timedelta(days=7)
+    assert iso(NOW - timedelta(days=14)) <= oldest < iso(NOW - timedelta(days=7))
 
 
 def test_generate_orders_are_consistent() -> None:

@@ -1,0 +1,341 @@
+"""REST handlers of the HTTP contract."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from backend import orders as order_ops
+from backend.auth import current_user, require_admin, require_user, user_from_doc
+from backend.errors import ApiError
+from backend.jsonio import JSON
+from backend.passwords import verify_password_async
+from streaming import compile_filter
+
+T = TypeVar("T")
+MAX_BODY = 64 * 1024
+MAX_LIMIT = 500
+PRODUCT_SORTS = {"_id", "name", "category", "price_cents", "stock", "updated_at"}
+ORDER_SORTS = {"_id", "created_at", "updated_at", "total_cents", "status", "user_id"}
+
+
+class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
+    email: str
+    password: str
+
+
+class StockBody(msgspec.Struct, forbid_unknown_fields=True):
+    stock: int | None = None
+    delta: int | None = None
+
+
+class ItemBody(msgspec.Struct, forbid_unknown_fields=True):
+    product_id: str
+    quantity: int
+
+
+class OrderBody(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[ItemBody]
+    user_id: str | None = None
+
+
+class StatusBody(msgspec.Struct, forbid_unknown_fields=True):
+    status: str
+
+
+async def read_body(request: Request, kind: type[T]) -> T:
+    """Decode and validate a JSON body; 400/413 with a message on bad input."""
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise ApiError(413, f"request body is {len(body)} bytes; the limit is {MAX_BODY}")
+    if not body:
+        raise ApiError(400, "expected a JSON body")
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, f"invalid body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+
+
+def _paging(request: Request, sorts: set[str], default: str) -> tuple[int, int, list[tuple[str, int]]]:
+    params = request.query_params
+    try:
+        limit = int(params.get("limit", "100"))
+        offset = int(params.get("cursor", "0") or "0")
+    except ValueError:
+        raise ApiError(400, "limit and cursor must be whole numbers") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ApiError(400, f"limit must be 1..{MAX_LIMIT}, got {limit}")
+    if offset < 0:
+        raise ApiError(400, f"cursor must be >= 0, got {offset}")
+    sort = params.get("sort", default)
+    field, direction = (sort[1:], -1) if sort.startswith("-") else (sort, 1)
+    if field not in sorts:
+        raise ApiError(400, f"sort must be one of {', '.join(sorted(sorts))} (prefix - for "
+                            f"descending), got {sort!r}")
+    order = [(field, direction)] if field == "_id" else [(field, direction), ("_id", 1)]
+    return limit, offset, order
+
+
+def _where(request: Request) -> Any:
+    text = request.query_params.get("where")
+    return compile_filter(text) if text else None
+
+
+def _page(items: list[Any], seq: int, offset: int, limit: int, more: bool) -> Response:
+    body = {"items": items, "seq": seq,
+            "next_cursor": str(offset + limit) if more else None}
+    return JSON(body, headers={"X-Stream-Seq": str(seq)})
+
+
+async def list_products(request: Request) -> Response:
+    """
+    summary: List products (served from the change-coherent cache)
+    parameters: [{name: where, in: query, schema: {type: string}}, {name: limit, in: query, schema: {type: integer}}, {name: cursor, in: query, schema: {type: string}}, {name: sort, in: query, schema: {type: string}}]
+    responses: {200: {description: a page of products, headers: {X-Stream-Seq: {schema: {type: integer}}}}, 400: {description: bad where or paging}}
+    """
+    engine = request.state.engine
+    limit, offset, order = _paging(request, PRODUCT_SORTS, "_id")
+    where = _where(request)
+    seq = engine.seq  # read before the snapshot: a resume from here never leaves a gap
+    docs = engine.cache.documents("products")
+    if docs is None:
+        query = where.mongo if where else {}
+        docs = await request.state.db.products.find(query).sort(order).skip(offset) \
+            .limit(limit + 1).to_list()
+        return _page(docs[:limit], seq, offset, limit, len(docs) > limit)
+    if where is not None:
+        docs = [d for d in docs if where.matches(d)]
+    for field, direction in reversed(order):
+        docs.sort(key=lambda d, f=field: _sort_key(d.get(f)), reverse=direction < 0)
+    return _page(docs[offset:offset + limit], seq, offset, limit, len(docs) > offset + limit)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if value is None:
+        return (0, 0)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (1, value)
+    return (2, str(value))
+
+
+async def get_product(request: Request) -> Response:
+    """
+    summary: One product (from the cache)
+    parameters: [{name: product_id, in: path, required: true, schema: {type: string}}]
+    responses: {200: {description: the product}, 404: {description: no such product}}
+    """
+    product_id = request.path_params["product_id"]
+    doc = await request.state.engine.get("products", product_id)
+    if doc is None:
+        raise ApiError(404, f"no product {product_id!r}")
+    return JSON(doc)
+
+
+async def put_stock(request: Request) -> Response:
+    """
+    summary: Set or shift a product's stock (admin)
+    parameters: [{name: product_id, in: path, required: true, schema: {type: string}}]
+    requestBody: {required: true, content: {application/json: {schema: {type: object, properties: {stock: {type: integer}, delta: {type: integer}}}}}}
+    responses: {200: {description: the product}, 401: {description: not signed in}, 403: {description: not an admin}, 404: {description: no such product}, 409: {description: would go below 0}, 422: {description: invalid body}}
+    """
+    await require_admin(request)
+    body = await read_body(request, StockBody)
+    doc = await order_ops.change_stock(request.state.db, request.state.engine,
+                                       request.path_params["product_id"], stock=body.stock,
+                                       delta=body.delta)
+    return JSON(doc)
+
+
+async def list_orders(request: Request) -> Response:
+    """
+    summary: List orders (customers see their own)
+    parameters: [{name: where, in: query, schema: {type: string}}, {name: limit, in: query, schema: {type: integer}}, {name: cursor, in: query, schema: {type: string}}, {name: sort, in: query, schema: {type: string}}]
+    responses: {200: {description: a page of orders, headers: {X-Stream-Seq: {schema: {type: integer}}}}, 400: {description: bad where or paging}, 401: {description: not signed in}}
+    """
+    user = await require_user(request)
+    limit, offset, order = _paging(request, ORDER_SORTS, "-created_at")
+    where = _where(request)
+    parts = [where.mongo] if where else []
+    if not user.is_admin:
+        parts.append({"user_id": user.id})
+    query = {"$and": parts} if parts else {}
+    seq = request.state.engine.seq
+    docs = await request.state.db.orders.find(query).sort(order).skip(offset) \
+        .limit(limit + 1).to_list()
+    return _page(docs[:limit], seq, offset, limit, len(docs) > limit)
+
+
+async def _visible_order(request: Request, order_id: str) -> tuple[Any, dict[str, Any]]:
+    user = await require_user(request)
+    doc = await request.state.db.orders.find_one({"_id": order_id})
+    if doc is None or (not user.is_admin and doc.get("user_id") != user.id):
+        raise ApiError(404, f"no order {order_id!r}")  # never confirm another's order exists
+    return user, doc
+
+
+async def get_order(request: Request) -> Response:
+    """
+    summary: One order (a customer sees only their own)
+    parameters: [{name: order_id, in: path, required: true, schema: {type: string}}]
+    responses: {200: {description: the order}, 401: {description: not signed in}, 404: {description: no such order}}
+    """
+    _, doc = await _visible_order(request, request.path_params["order_id"])
+    return JSON(doc)
+
+
+async def post_order(request: Request) -> Response:
+    """
+    summary: Place an order (priced from the database)
+    requestBody: {required: true, content: {application/json: {schema: {type: object, required: [items], properties: {items: {type: array, items: {type: object, required: [product_id, quantity], properties: {product_id: {type: string}, quantity: {type: integer}}}}, user_id: {type: string}}}}}}
+    responses: {201: {description: the pending order}, 401: {description: not signed in}, 422: {description: invalid items}}
+    """
+    user = await require_user(request)
+    body = await read_body(request, OrderBody)
+    owner = user.id
+    if body.user_id is not None and body.user_id != user.id:
+        if not user.is_admin:
+            raise ApiError(403, "customers order for themselves only")
+        if await request.state.engine.get("users", body.user_id) is None:
+            raise ApiError(422, f"unknown user {body.user_id!r}")
+        owner = body.user_id
+    correlation = order_ops.correlation_id(request.headers.get("x-correlation-id"))
+    order = await order_ops.create_order(
+        request.state.db, request.state.engine, user_id=owner,
+        items=[(i.product_id, i.quantity) for i in body.items], correlation=correlation,
+        actor=user.role)
+    return JSON(order, status_code=201, headers={"X-Correlation-ID": correlation})
+
+
+async def put_order_status(request: Request) -> Response:
+    """
+    summary: Change an order's status (admin; customers may cancel their own before shipping)
+    parameters: [{name: order_id, in: path, required: true, schema: {type: string}}]
+    requestBody: {required: true, content: {application/json: {schema: {type: object, required: [status], properties: {status: {type: string}}}}}}
+    responses: {200: {description: the order}, 401: {description: not signed in}, 403: {description: not allowed}, 404: {description: no such order}, 409: {description: illegal transition}, 422: {description: invalid body}}
+    """
+    user, doc = await _visible_order(request, request.path_params["order_id"])
+    body = await read_body(request, StatusBody)
+    if not user.is_admin and body.status != "cancelled":
+        raise ApiError(403, "customers may only cancel their orders")
+    updated = await order_ops.transition(request.state.db, request.state.engine, doc["_id"],
+                                         body.status, actor=user.role)
+    return JSON(updated, headers={"X-Correlation-ID": str(updated.get("correlation_id", ""))})
+
+
+async def login(request: Request) -> Response:
+    """
+    summary: Sign in; sets the session cookie
+    requestBody: {required: true, content: {application/json: {schema: {type: object, required: [email, password], properties: {email: {type: string}, password: {type: string}}}}}}
+    responses: {200: {description: signed in}, 401: {description: bad credentials}, 429: {description: throttled}}
+    """
+    body = await read_body(request, LoginBody)
+    throttle = request.state.throttle
+    client = request.client.host if request.client else "unknown"
+    email = body.email.strip().lower()
+    keys = (f"email:{email}", f"ip:{client}")
+    throttle.check(*keys)
+    doc = await request.state.db.users.find_one({"email": email})
+    if doc is None or not await verify_password_async(doc.get("password_hash", ""), body.password):
+        throttle.fail(*keys)
+        raise ApiError(401, "wrong email or password")
+    request.session.clear()  # a fresh session on every sign-in
+    request.session.update({"user_id": str(doc["_id"]), "at": int(time.time())})
+    return JSON({"user": user_from_doc(doc).public()})
+
+
+async def logout(request: Request) -> Response:
+    """
+    summary: Sign out
+    responses: {200: {description: signed out}}
+    """
+    request.session.clear()
+    return JSON({"ok": True})
+
+
+async def me(request: Request) -> Response:
+    """
+    summary: The signed-in user
+    responses: {200: {description: the user or null}}
+    """
+    user = await current_user(request)
+    return JSON({"user": user.public() if user else None})
+
+
+async def simulate_new_order(request: Request) -> Response:
+    """
+    summary: Demo - place a random order for a random customer (admin)
+    responses: {201: {description: the order}, 403: {description: admins only / demo mode only}}
+    """
+    admin = await _demo_admin(request)
+    db, engine = request.state.db, request.state.engine
+    customers = await db.users.find({"role": "customer"}, {"_id": 1}).to_list()
+    products = await db.products.find({"stock": {"$gt": 0}}, {"_id": 1}).to_list()
+    if not customers or not products:
+        raise ApiError(409, "no customers or no products in stock to simulate with")
+    rng = random.Random()
+    picks = rng.sample(products, min(len(products), rng.randint(1, 3)))
+    order = await order_ops.create_order(
+        db, engine, user_id=str(rng.choice(customers)["_id"]),
+        items=[(str(p["_id"]), rng.randint(1, 2)) for p in picks],
+        correlation=order_ops.correlation_id(None), actor=admin.role)
+    return JSON(order, status_code=201)
+
+
+async def simulate_update_stock(request: Request) -> Response:
+    """
+    summary: Demo - change a random product's stock (admin)
+    responses: {200: {description: the product}, 403: {description: admins only / demo mode only}}
+    """
+    await _demo_admin(request)
+    db = request.state.db
+    products = await db.products.find({}, {"_id": 1, "stock": 1}).to_list()
+    if not products:
+        raise ApiError(409, "no products to simulate with")
+    product = random.choice(products)
+    delta = random.randint(-min(product["stock"], 15), 25)
+    doc = await order_ops.change_stock(db, request.state.engine, str(product["_id"]),
+                                       delta=delta)
+    return JSON(doc)
+
+
+async def simulate_status_update(request: Request) -> Response:
+    """
+    summary: Demo - advance a random order that an admin can advance (admin)
+    responses: {200: {description: the order}, 403: {description: admins only / demo mode only}, 409: {description: nothing to advance}}
+    """
+    admin = await _demo_admin(request)
+    db = request.state.db
+    candidates = await db.orders.find({"status": {"$in": list(order_ops.ADMIN_NEXT)}},
+                                      {"_id": 1, "status": 1}).limit(200).to_list()
+    if not candidates:
+        raise ApiError(409, "no order is waiting for an admin step")
+    pick = random.choice(candidates)
+    updated = await order_ops.transition(db, request.state.engine, pick["_id"],
+                                         order_ops.ADMIN_NEXT[pick["status"]], actor=admin.role,
+                                         expected=pick["status"])
+    return JSON(updated)
+
+
+async def _demo_admin(request: Request) -> Any:
+    admin = await require_admin(request)
+    if not request.state.settings.demo:
+        raise ApiError(403, "demo controls are off (CHANGECAST_DEMO)")
+    return admin
+
+
+async def metrics(request: Request) -> Response:
+    """
+    summary: Engine and connection metrics (JSON)
+    responses: {200: {description: metrics}}
+    """
+    engine = request.state.engine
+    snap = engine.snapshot()
+    snap["connections"] = {"websockets": len(request.state.connections)}
+    return JSON(snap)

@@ -1,0 +1,166 @@
+"""Orders: creation with server-side prices, the status state machine, stock changes.
+
+Every transition is one conditional update on the current status, so two
+workers or two app instances can never apply the same transition twice. No
+multi-document transactions: stock moves are per-item conditional updates
+with compensation.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from backend.errors import ApiError
+from seed.data import iso
+
+Document = dict[str, Any]
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"reserved", "rejected", "cancelled"}),
+    "reserved": frozenset({"paid", "payment_failed", "cancelled"}),
+    "paid": frozenset({"processing", "cancelled"}),
+    "processing": frozenset({"shipped", "cancelled"}),
+    "shipped": frozenset({"delivered"}),
+    "delivered": frozenset(),
+    "rejected": frozenset(),
+    "payment_failed": frozenset(),
+    "cancelled": frozenset(),
+}
+STATUSES = tuple(TRANSITIONS)
+FINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+# Statuses in which the order holds reserved stock.
+HOLDS_STOCK = frozenset({"reserved", "paid", "processing"})
+ADMIN_NEXT = {"paid": "processing", "processing": "shipped", "shipped": "delivered"}
+_ID_ALPHABET = string.ascii_uppercase + string.digits
+_CORRELATION = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+MAX_ITEMS = 50
+MAX_QUANTITY = 1_000
+
+
+def now_iso() -> str:
+    return iso(datetime.now(UTC))
+
+
+def new_order_id() -> str:
+    return "ORD-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+def correlation_id(header: str | None) -> str:
+    """The client's X-Correlation-ID when it is sane, else a fresh one."""
+    if header and _CORRELATION.match(header):
+        return header
+    return uuid.uuid4().hex
+
+
+async def create_order(db: AsyncDatabase[Document], engine: Any, *, user_id: str,
+                       items: list[tuple[str, int]], correlation: str, actor: str) -> Document:
+    """Insert a ``pending`` order priced from the database."""
+    if not items:
+        raise ApiError(422, "an order needs at least one item")
+    if len(items) > MAX_ITEMS:
+        raise ApiError(422, f"an order takes at most {MAX_ITEMS} items, got {len(items)}")
+    merged: dict[str, int] = {}
+    for product_id, quantity in items:
+        if not 1 <= quantity <= MAX_QUANTITY:
+            raise ApiError(422, f"quantity of {product_id!r} must be 1..{MAX_QUANTITY}, "
+                                f"got {quantity}")
+        merged[product_id] = merged.get(product_id, 0) + quantity
+    lines = []
+    for product_id, quantity in merged.items():
+        product = await engine.get("products", product_id)
+        if product is None:
+            raise ApiError(422, f"unknown product {product_id!r}")
+        lines.append({"product_id": product_id, "name": product["name"], "quantity": quantity,
+                      "price_cents": int(product["price_cents"])})
+    at = now_iso()
+    order = {
+        "_id": new_order_id(), "user_id": user_id, "items": lines,
+        "total_cents": sum(line["quantity"] * line["price_cents"] for line in lines),
+        "status": "pending", "history": [{"status": "pending", "at": at, "by": actor}],
+        "correlation_id": correlation, "created_at": at, "updated_at": at, "payment": None,
+    }
+    await db.orders.insert_one(order)
+    await engine.settle("orders", order["_id"], order)
+    return order
+
+
+async def transition(db: AsyncDatabase[Document], engine: Any, order_id: str, target: str, *,
+                     actor: str, expected: str | None = None,
+                     extra: dict[str, Any] | None = None) -> Document:
+    """Move an order to ``target`` if legal; one conditional update; 409 otherwise."""
+    if target not in TRANSITIONS:
+        raise ApiError(422, f"unknown status {target!r}; expected one of {', '.join(STATUSES)}")
+    current = await db.orders.find_one({"_id": order_id})
+    if current is None:
+        raise ApiError(404, f"no order {order_id!r}")
+    status = current["status"]
+    if expected is not None and status != expected:
+        raise ApiError(409, f"order {order_id} is {status}, expected {expected}")
+    if target not in TRANSITIONS[status]:
+        allowed = ", ".join(sorted(TRANSITIONS[status])) or "nothing (final)"
+        raise ApiError(409, f"order {order_id} is {status}; it can move to {allowed}, "
+                            f"not {target}")
+    at = now_iso()
+    # The whole history array is written with $set (NX-27017 mangles $push of documents);
+    # the status condition makes the read-modify-write safe.
+    history = [*current.get("history", []), {"status": target, "at": at, "by": actor}]
+    updated = await db.orders.find_one_and_update(
+        {"_id": order_id, "status": status},
+        {"$set": {"status": target, "history": history, "updated_at": at, **(extra or {})}},
+        return_document=ReturnDocument.AFTER,
+    )
+    if updated is None:
+        fresh = await db.orders.find_one({"_id": order_id}, {"status": 1}) or {}
+        raise ApiError(409, f"order {order_id} changed meanwhile; it is {fresh.get('status')}")
+    await engine.settle("orders", order_id, updated)
+    if target == "cancelled" and status in HOLDS_STOCK:
+        await release_stock(db, engine, updated["items"])
+    return updated
+
+
+async def release_stock(db: AsyncDatabase[Document], engine: Any,
+                        items: list[Document]) -> None:
+    """Give reserved units back (compensation)."""
+    for item in items:
+        product = await db.products.find_one_and_update(
+            {"_id": item["product_id"]},
+            {"$inc": {"stock": int(item["quantity"])}, "$set": {"updated_at": now_iso()}},
+            return_document=ReturnDocument.AFTER)
+        if product is not None:
+            await engine.settle("products", product["_id"], product)
+
+
+async def change_stock(db: AsyncDatabase[Document], engine: Any, product_id: str, *,
+                       stock: int | None = None, delta: int | None = None) -> Document:
+    """Set or shift a product's stock atomically; never below 0 (409)."""
+    if (stock is None) == (delta is None):
+        raise ApiError(422, 'send exactly one of "stock" or "delta"')
+    at = now_iso()
+    if stock is not None:
+        if stock < 0:
+            raise ApiError(409, f"stock cannot go below 0, got {stock}")
+        updated = await db.products.find_one_and_update(
+            {"_id": product_id}, {"$set": {"stock": stock, "updated_at": at}},
+            return_document=ReturnDocument.AFTER)
+    else:
+        assert delta is not None
+        updated = await db.products.find_one_and_update(
+            {"_id": product_id, "stock": {"$gte": max(0, -delta)}},
+            {"$inc": {"stock": delta}, "$set": {"updated_at": at}},
+            return_document=ReturnDocument.AFTER)
+    if updated is None:
+        product = await db.products.find_one({"_id": product_id}, {"stock": 1})
+        if product is None:
+            raise ApiError(404, f"no product {product_id!r}")
+        raise ApiError(409, f"stock of {product_id} is {product['stock']}; a change of {delta} "
+                            "would take it below 0")
+    await engine.settle("products", product_id, updated)
+    return updated

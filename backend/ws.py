@@ -1,0 +1,186 @@
+"""``/ws``: live subscriptions over a WebSocket (the contract in DESIGN.md).
+
+One task reads client messages, one sends from the connection's bounded
+subscriber queue; the hub never waits for either. Authorization is decided
+here, once per subscription: the restriction is part of the subscription, so
+it costs no database read per change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from backend.auth import User, current_user
+from backend.jsonio import dumps
+from streaming import Delivery, FilterError, Subscriber, SubscriptionError, compile_filter
+
+logger = logging.getLogger("changecast.ws")
+
+MAX_MESSAGE = 64 * 1024
+MAX_SUBSCRIPTIONS = 32
+OWNED = {"orders", "notifications"}  # customers see only their own documents
+SECRET_FIELDS = {"password_hash"}
+
+
+def restriction_for(user: User | None, collection: str) -> tuple[bool, dict[str, Any] | None]:
+    """(allowed, restriction) for ``user`` subscribing to ``collection``."""
+    if user is None:
+        return collection == "products", None
+    if user.is_admin:
+        return True, None
+    if collection == "users":
+        return False, None
+    if collection in OWNED:
+        return True, {"user_id": user.id}
+    return True, None
+
+
+def scrub(message: dict[str, Any]) -> dict[str, Any]:
+    """Remove secret fields from a users change before it leaves the server."""
+    if message.get("collection") != "users":
+        return message
+    doc = message.get("doc")
+    if isinstance(doc, dict):
+        message["doc"] = {k: v for k, v in doc.items() if k not in SECRET_FIELDS}
+    changes = message.get("changes")
+    if isinstance(changes, dict):
+        changes["set"] = {k: v for k, v in changes["set"].items()
+                          if k.split(".")[0] not in SECRET_FIELDS}
+        changes["unset"] = [p for p in changes["unset"] if p.split(".")[0] not in SECRET_FIELDS]
+    return message
+
+
+def _error(code: str, message: str, sub_id: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if sub_id is not None:
+        body["id"] = sub_id
+    return body
+
+
+class Connection:
+    """One WebSocket client."""
+
+    def __init__(self, websocket: WebSocket, subscriber: Subscriber, user: User | None) -> None:
+        self.websocket = websocket
+        self.subscriber = subscriber
+        self.user = user
+        self.engine = websocket.state.engine
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop())
+        try:
+            await self._read_loop()
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+            self.subscriber.close()
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                raw = await self.websocket.receive_text()
+            except (WebSocketDisconnect, RuntimeError, KeyError):
+                return
+            self._handle(raw)
+
+    def _handle(self, raw: str) -> None:
+        if len(raw) > MAX_MESSAGE:
+            self.subscriber.send_control(_error("too_large", f"messages are limited to {MAX_MESSAGE} bytes"))
+            return
+        try:
+            msg = json.loads(raw)
+        except (ValueError, RecursionError):
+            self.subscriber.send_control(_error("bad_json", "expected a JSON object"))
+            return
+        if not isinstance(msg, dict):
+            self.subscriber.send_control(_error("bad_request", "expected a JSON object"))
+            return
+        op = msg.get("op")
+        if op == "ping":
+            self.subscriber.send_control({"type": "pong", "seq": self.engine.seq})
+        elif op == "subscribe":
+            self._subscribe(msg)
+        elif op == "unsubscribe":
+            sub_id = msg.get("id")
+            if not self.subscriber.unsubscribe(str(sub_id)):
+                self.subscriber.send_control(_error("unknown_subscription",
+                                                    f"no subscription {sub_id!r}", sub_id))
+            else:
+                self.subscriber.send_control({"type": "unsubscribed", "id": sub_id})
+        else:
+            self.subscriber.send_control(_error(
+                "bad_request", f"unknown op {op!r}; expected subscribe, unsubscribe or ping"))
+
+    def _subscribe(self, msg: dict[str, Any]) -> None:
+        sub_id, collection = msg.get("id"), msg.get("collection")
+        where, resume_from = msg.get("where"), msg.get("resume_from")
+        if not isinstance(sub_id, str) or not 1 <= len(sub_id) <= 64:
+            self.subscriber.send_control(_error("bad_request", "id must be a string of 1..64 characters"))
+            return
+        if not isinstance(collection, str):
+            self.subscriber.send_control(_error("bad_request", "collection must be a string", sub_id))
+            return
+        if resume_from is not None and (not isinstance(resume_from, int) or isinstance(resume_from, bool)):
+            self.subscriber.send_control(_error("bad_request", "resume_from must be an integer", sub_id))
+            return
+        if len(self.subscriber.subscriptions) >= MAX_SUBSCRIPTIONS:
+            self.subscriber.send_control(_error(
+                "too_many", f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection", sub_id))
+            return
+        if collection not in self.engine.collections:
+            self.subscriber.send_control(_error(
+                "unknown_collection", f"unknown collection {collection!r}; expected one of "
+                f"{', '.join(self.engine.collections)}", sub_id))
+            return
+        allowed, restriction = restriction_for(self.user, collection)
+        if not allowed:
+            code = "unauthorized" if self.user is None else "forbidden"
+            self.subscriber.send_control(_error(code, f"not allowed to subscribe to {collection}", sub_id))
+            return
+        try:
+            compiled = compile_filter(where) if where is not None else None
+            self.subscriber.subscribe(sub_id, collection, where=compiled,
+                                      restriction=restriction, resume_from=resume_from)
+        except (FilterError, SubscriptionError) as exc:
+            code = "bad_where" if isinstance(exc, FilterError) else "bad_request"
+            self.subscriber.send_control(_error(code, str(exc), sub_id))
+
+    async def _send_loop(self) -> None:
+        metrics = self.engine.metrics
+        while True:
+            batch = await self.subscriber.get_batch()
+            if not batch:
+                await self.websocket.close(code=1001, reason="server shutting down")
+                return
+            now = time.time() * 1000
+            for delivery in batch:
+                await self.websocket.send_text(self._encode(delivery))
+                if delivery.event is not None:
+                    metrics.delivery.observe(max(0.0, now - delivery.event.at))
+
+    @staticmethod
+    def _encode(delivery: Delivery) -> str:
+        return dumps(scrub(delivery.to_message())).decode()
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    """Accept, serve subscriptions until the client leaves or the server stops."""
+    user = await current_user(websocket)
+    await websocket.accept()
+    engine = websocket.state.engine
+    subscriber = engine.subscriber()
+    connections: set[Connection] = websocket.state.connections
+    connection = Connection(websocket, subscriber, user)
+    connections.add(connection)
+    try:
+        await connection.run()
+    finally:
+        connections.discard(connection)
