@@ -20,6 +20,7 @@ from backend import api, pages
 from backend.auth import LoginThrottle
 from backend.database import Database, open_database
 from backend.errors import HANDLERS
+from backend.jsonio import JSON
 from backend.security import GuardMiddleware
 from backend.settings import Settings
 from backend.ws import websocket_endpoint
@@ -52,8 +53,28 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if reachable else 503)
 
 
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
+COMMON_ERRORS = {400: "bad input (malformed JSON, bad where, bad paging)",
+                 403: "forbidden, or a cross-origin write",
+                 503: "the database is unavailable; retry after Retry-After seconds"}
+BODY_ERRORS = {413: "body over 64 KiB", 422: "body does not match the schema"}
+
+
 async def openapi(request: Request) -> Response:
-    return SCHEMAS.OpenAPIResponse(request=request)
+    """The OpenAPI document, with the error shape every endpoint may answer with."""
+    schema = SCHEMAS.get_schema(routes=request.app.routes)
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            extra = {**COMMON_ERRORS, **(BODY_ERRORS if "requestBody" in operation else {})}
+            for status, description in extra.items():
+                responses.setdefault(status, {"description": description})
+            for status, response in responses.items():
+                if int(status) >= 400:
+                    response["content"] = {"application/json": {"schema": ERROR_SCHEMA}}
+    return JSON(schema)
 
 
 def build_engine(database: Database, settings: Settings) -> ChangeEngine:

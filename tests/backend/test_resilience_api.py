@@ -1,0 +1,113 @@
+"""Login throttling, the HTML sign-in, 503 when the database is down, shutdown close."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from backend.app import create_app
+from backend.database import open_database
+from backend.settings import DEFAULT_DEMO_PASSWORD, Settings
+from tests.conftest import free_port, start_nx
+from tests.support.server import running
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def settings_for(uri: str, tmp_path: Path) -> Settings:
+    return Settings(mongodb_uri=uri, db_name="r" + uuid.uuid4().hex[:8], data_dir=tmp_path,
+                    demo=True, secret_key="s" * 48)
+
+
+async def test_login_is_throttled_after_ten_failures(nx_uri: str, tmp_path: Path) -> None:
+    async with running(create_app(settings_for(nx_uri, tmp_path))) as base, \
+            httpx.AsyncClient(base_url=base) as http:
+        for _ in range(10):
+            bad = await http.post("/api/login", json={"email": "customer03@example.com",
+                                                      "password": "wrong"})
+            assert bad.status_code == 401
+        throttled = await http.post("/api/login", json={"email": "customer03@example.com",
+                                                        "password": DEFAULT_DEMO_PASSWORD})
+        assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) >= 1
+        # The client address is throttled too, whatever account it tries next.
+        other = await http.post("/api/login", json={"email": "customer04@example.com",
+                                                    "password": DEFAULT_DEMO_PASSWORD})
+        assert other.status_code == 429
+
+
+async def test_html_login_sets_a_fresh_httponly_session(nx_uri: str, tmp_path: Path) -> None:
+    async with running(create_app(settings_for(nx_uri, tmp_path))) as base, \
+            httpx.AsyncClient(base_url=base) as http:
+        page = await http.get("/login")
+        assert page.status_code == 200 and 'name="password"' in page.text
+        wrong = await http.post("/login", data={"email": "<script>x</script>@e.com",
+                                                "password": "no"})
+        assert wrong.status_code == 401 and "<script>x" not in wrong.text
+        assert "&lt;script&gt;x" in wrong.text
+        ok = await http.post("/login", data={"email": "customer05@example.com",
+                                             "password": DEFAULT_DEMO_PASSWORD})
+        assert ok.status_code == 303 and ok.headers["location"] == "/"
+        cookie = ok.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie
+        me = (await http.get("/api/me")).json()["user"]
+        assert me == {"id": "user-customer05", "email": "customer05@example.com",
+                      "name": me["name"], "role": "customer"}
+        first = http.cookies["changecast_session"]
+        await http.post("/api/login", json={"email": "customer06@example.com",
+                                            "password": DEFAULT_DEMO_PASSWORD})
+        assert http.cookies["changecast_session"] != first
+        assert (await http.get("/api/me")).json()["user"]["id"] == "user-customer06"
+        await http.post("/api/logout")
+        assert (await http.get("/api/me")).json()["user"] is None
+
+
+async def test_api_answers_503_within_a_second_while_the_database_is_down(tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_nx(tmp_path / "nx", port)
+    settings = settings_for(f"mongodb://127.0.0.1:{port}/?directConnection=true", tmp_path)
+    try:
+        async with open_database(settings) as database, \
+                running(create_app(settings, database=database)) as base, \
+                httpx.AsyncClient(base_url=base, timeout=10) as http:
+            login = await http.post("/api/login", json={"email": "customer01@example.com",
+                                                        "password": DEFAULT_DEMO_PASSWORD})
+            assert login.status_code == 200
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            for path in ("/api/orders", "/api/orders/ORD-NOTHERE", "/api/health"):
+                started = time.monotonic()
+                response = await http.get(path)
+                elapsed = time.monotonic() - started
+                assert response.status_code == 503, (path, response.text)
+                assert elapsed < 1.5, (path, elapsed)
+            down = await http.post("/api/orders", json={"items": [{"product_id": "SKU-BOO-001",
+                                                                   "quantity": 1}]})
+            assert down.status_code == 503 and "Retry-After" in down.headers
+            proc = start_nx(tmp_path / "nx", port)
+            deadline = time.monotonic() + 30
+            while (await http.get("/api/orders")).status_code != 200:
+                assert time.monotonic() < deadline, "the API did not recover"
+                await asyncio.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_websocket_clients_get_a_going_away_close_on_shutdown(nx_uri: str,
+                                                                    tmp_path: Path) -> None:
+    async with running(create_app(settings_for(nx_uri, tmp_path))) as base:
+        ws = await connect(base.replace("http", "ws") + "/ws")
+        await ws.send(json.dumps({"op": "subscribe", "id": "p", "collection": "products"}))
+        assert json.loads(await ws.recv())["type"] == "subscribed"
+    with pytest.raises(ConnectionClosed) as info:
+        await asyncio.wait_for(ws.recv(), 10)
+    assert info.value.rcvd is not None and info.value.rcvd.code in (1001, 1012)
