@@ -366,3 +366,49 @@ async def test_snapshot_then_resume_from_has_no_gap_and_no_duplicate(api: Api) -
                 view[msg["key"]] = msg["doc"]
         assert seqs == sorted(set(seqs)) and seqs[0] > seq
         assert all(view[k]["stock"] == 157 + keys.index(k) for k in keys)
+
+
+@pytest.mark.parametrize("who", ["anon", A, B, "admin"])
+async def test_ws_authorization_matrix_over_every_collection(api: Api, who: str) -> None:
+    expected = {
+        "anon": {"products": "subscribed", "orders": "unauthorized",
+                 "notifications": "unauthorized", "users": "unauthorized"},
+        A: {"products": "subscribed", "orders": "subscribed", "notifications": "subscribed",
+            "users": "forbidden"},
+        "admin": {"products": "subscribed", "orders": "subscribed",
+                  "notifications": "subscribed", "users": "subscribed"},
+    }
+    expected[B] = expected[A]
+    async with await api.ws(who) as ws:
+        for collection, outcome in expected[who].items():
+            await ws.send(json.dumps({"op": "subscribe", "id": collection,
+                                      "collection": collection}))
+            reply = await recv(ws)
+            assert reply.get("code", reply["type"]) == outcome, (who, collection, reply)
+
+
+async def test_ws_limits_subscriptions_and_message_size(api: Api) -> None:
+    async with await api.ws("anon") as ws:
+        for n in range(32):
+            await ws.send(json.dumps({"op": "subscribe", "id": f"s{n}", "collection": "products"}))
+            assert (await recv(ws))["type"] == "subscribed"
+        await ws.send(json.dumps({"op": "subscribe", "id": "s32", "collection": "products"}))
+        assert (await recv(ws))["code"] == "too_many"
+        await ws.send(json.dumps({"op": "unsubscribe", "id": "s0"}))
+        assert (await recv(ws)) == {"type": "unsubscribed", "id": "s0"}
+        await ws.send(json.dumps({"op": "subscribe", "id": "s0", "collection": "products",
+                                  "where": "name = '" + "x" * 1200 + "'"}))
+        assert "limit is 1000" in (await recv(ws))["message"]
+        await ws.send("[" * 100_000)
+        assert (await recv(ws))["code"] == "too_large"
+        await ws.send(json.dumps({"op": "ping"}))
+        assert (await recv(ws))["type"] == "pong"
+
+
+async def test_simulate_status_update_advances_an_order(api: Api) -> None:
+    admin = await api.client("admin")
+    response = await admin.post("/api/simulate/status-update")
+    assert response.status_code == 200
+    order = response.json()
+    assert order["history"][-1]["by"] == "admin"
+    assert order["status"] in {"processing", "shipped", "delivered"}
