@@ -39,7 +39,7 @@ async def health(request: Request) -> JSONResponse:
     responses: {200: {description: ok}, 503: {description: the database is down}}
     """
     database: Database = request.state.database
-    reachable = await database.ping(timeout=1.0)
+    reachable = await database.ping(timeout=0.75)
     body: dict[str, Any] = {
         "status": "ok" if reachable else "down",
         "database": {"kind": database.kind, "reachable": reachable},

@@ -43,6 +43,9 @@ _ID_ALPHABET = string.ascii_uppercase + string.digits
 _CORRELATION = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_ITEMS = 50
 MAX_QUANTITY = 1_000
+# How long a write waits to see itself on the change stream (well inside the API's
+# 0.9 s cap: the write has happened either way).
+SETTLE_S = 0.25
 
 
 def now_iso() -> str:
@@ -88,7 +91,7 @@ async def create_order(db: AsyncDatabase[Document], engine: Any, *, user_id: str
         "correlation_id": correlation, "created_at": at, "updated_at": at, "payment": None,
     }
     await db.orders.insert_one(order)
-    await engine.settle("orders", order["_id"], order)
+    await engine.settle("orders", order["_id"], order, timeout=SETTLE_S)
     return order
 
 
@@ -120,7 +123,7 @@ async def transition(db: AsyncDatabase[Document], engine: Any, order_id: str, ta
     if updated is None:
         fresh = await db.orders.find_one({"_id": order_id}, {"status": 1}) or {}
         raise ApiError(409, f"order {order_id} changed meanwhile; it is {fresh.get('status')}")
-    await engine.settle("orders", order_id, updated)
+    await engine.settle("orders", order_id, updated, timeout=SETTLE_S)
     if target == "cancelled" and status in HOLDS_STOCK:
         await release_stock(db, engine, updated["items"])
     return updated
@@ -135,7 +138,7 @@ async def release_stock(db: AsyncDatabase[Document], engine: Any,
             {"$inc": {"stock": int(item["quantity"])}, "$set": {"updated_at": now_iso()}},
             return_document=ReturnDocument.AFTER)
         if product is not None:
-            await engine.settle("products", product["_id"], product)
+            await engine.settle("products", product["_id"], product, timeout=SETTLE_S)
 
 
 async def change_stock(db: AsyncDatabase[Document], engine: Any, product_id: str, *,
@@ -162,5 +165,5 @@ async def change_stock(db: AsyncDatabase[Document], engine: Any, product_id: str
             raise ApiError(404, f"no product {product_id!r}")
         raise ApiError(409, f"stock of {product_id} is {product['stock']}; a change of {delta} "
                             "would take it below 0")
-    await engine.settle("products", product_id, updated)
+    await engine.settle("products", product_id, updated, timeout=SETTLE_S)
     return updated

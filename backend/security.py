@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit
 
 import pymongo
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.errors import error_response
+from streaming import BreakerOpenError
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-API_DEADLINE_S = 1.0
+UNGUARDED = {"/api/health", "/api/metrics"}  # must answer while the database is down
+# PyMongo's own deadline for an API request's database calls, and a hard cap on top:
+# its server selection re-checks only every 0.5 s, so alone it can overrun to ~1 s.
+API_DEADLINE_S = 0.5
+API_HARD_CAP_S = 0.9
 
 
 def same_origin(headers: Headers, scheme: str) -> bool:
@@ -50,9 +56,46 @@ class GuardMiddleware:
             response = error_response(403, "cross_origin", "cross-origin request refused")
             await response(scope, receive, send)
             return
-        if scope["path"].startswith("/api/") and scope["path"] != "/api/health":
-            # Every database call of an API request shares one deadline: 503 within ~1 s.
-            with pymongo.timeout(API_DEADLINE_S):
-                await self.app(scope, receive, send)
+        if scope["path"].startswith("/api/") and scope["path"] not in UNGUARDED:
+            await self._guarded(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Fail fast while the circuit is open; one shared database deadline otherwise."""
+        engine = scope.get("state", {}).get("engine")
+        breaker = engine.breaker if engine is not None else None
+        if breaker is not None:
+            try:
+                breaker.before_call()
+            except BreakerOpenError as exc:
+                response = error_response(
+                    503, "unavailable", "the database is unavailable; try again shortly",
+                    {"Retry-After": str(max(1, round(exc.retry_after)))})
+                await response(scope, receive, send)
+                return
+        status = 0
+
+        async def watch_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            async with asyncio.timeout(API_HARD_CAP_S):
+                with pymongo.timeout(API_DEADLINE_S):
+                    await self.app(scope, receive, watch_status)
+        except TimeoutError:
+            if status:  # the response had started; nothing more can be said
+                return
+            status = 503
+            response = error_response(503, "unavailable",
+                                      "the database did not answer in time; try again shortly",
+                                      {"Retry-After": "1"})
+            await response(scope, receive, send)
+        if breaker is not None:
+            if status == 503:
+                breaker.record_failure()
+            else:
+                breaker.record_success()
