@@ -338,4 +338,12 @@ async def metrics(request: Request) -> Response:
     engine = request.state.engine
     snap = engine.snapshot()
     snap["connections"] = {"websockets": len(request.state.connections)}
+    pipeline = request.state.pipeline
+    if pipeline is not None:
+        snap["orders"] = pipeline.analytics.snapshot()
+        snap["pipeline"] = pipeline.snapshot()
+    snap["lag"] = {name: {"lag_ms": w["lag_ms"], "last_change_at": w["last_change_at"],
+                          "last_batch": w["last_batch"],
+                          "backlog": pipeline.snapshot()["backlog"] if pipeline else 0}
+                   for name, w in snap["watchers"].items()}
     return JSON(snap)

@@ -21,6 +21,7 @@ from backend.auth import LoginThrottle
 from backend.database import Database, open_database
 from backend.errors import HANDLERS
 from backend.jsonio import JSON
+from backend.pipeline import PaymentGateway, Pipeline
 from backend.security import GuardMiddleware
 from backend.settings import Settings
 from backend.ws import websocket_endpoint
@@ -107,9 +108,19 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
             stack.push_async_callback(engine.stop)
             await engine.prime("products")
             await engine.prime("users")
+            pipeline = None
+            if settings.pipeline_enabled:
+                pipeline = Pipeline(db.db, engine, gateway=PaymentGateway(
+                    success_rate=settings.payment_success_rate,
+                    latency_ms=settings.payment_latency_ms,
+                    concurrency=settings.payment_concurrency),
+                    reconcile_after_s=settings.reconcile_after_s)
+                await pipeline.start()
+                stack.push_async_callback(pipeline.stop)
             yield {"database": db, "db": db.db, "engine": engine, "settings": settings,
                    "started": time.monotonic(), "throttle": LoginThrottle(),
-                   "templates": pages.make_templates(), "connections": set()}
+                   "templates": pages.make_templates(), "connections": set(),
+                   "pipeline": pipeline}
 
     routes = [
         Route("/api/health", health, methods=["GET"]),

@@ -11,6 +11,8 @@ from starlette.responses import Response
 
 
 def _encode_extra(value: Any) -> Any:
+    if isinstance(value, int):  # bson.Int64 and other int subclasses
+        return int(value)
     if isinstance(value, ObjectId):
         return str(value)
     if isinstance(value, dt.datetime):

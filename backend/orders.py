@@ -111,15 +111,7 @@ async def transition(db: AsyncDatabase[Document], engine: Any, order_id: str, ta
         allowed = ", ".join(sorted(TRANSITIONS[status])) or "nothing (final)"
         raise ApiError(409, f"order {order_id} is {status}; it can move to {allowed}, "
                             f"not {target}")
-    at = now_iso()
-    # The whole history array is written with $set (NX-27017 mangles $push of documents);
-    # the status condition makes the read-modify-write safe.
-    history = [*current.get("history", []), {"status": target, "at": at, "by": actor}]
-    updated = await db.orders.find_one_and_update(
-        {"_id": order_id, "status": status},
-        {"$set": {"status": target, "history": history, "updated_at": at, **(extra or {})}},
-        return_document=ReturnDocument.AFTER,
-    )
+    updated = await apply_transition(db, current, target, actor=actor, extra=extra)
     if updated is None:
         fresh = await db.orders.find_one({"_id": order_id}, {"status": 1}) or {}
         raise ApiError(409, f"order {order_id} changed meanwhile; it is {fresh.get('status')}")
@@ -127,6 +119,22 @@ async def transition(db: AsyncDatabase[Document], engine: Any, order_id: str, ta
     if target == "cancelled" and status in HOLDS_STOCK:
         await release_stock(db, engine, updated["items"])
     return updated
+
+
+async def apply_transition(db: AsyncDatabase[Document], current: Document, target: str, *,
+                           actor: str, extra: dict[str, Any] | None = None,
+                           condition: dict[str, Any] | None = None) -> Document | None:
+    """The conditional update behind every transition; None when the order moved meanwhile."""
+    at = now_iso()
+    # The whole history array is written with $set (NX-27017 mangles $push of documents);
+    # the status condition makes the read-modify-write safe.
+    history = [*current.get("history", []), {"status": target, "at": at, "by": actor}]
+    result: Document | None = await db.orders.find_one_and_update(
+        {"_id": current["_id"], "status": current["status"], **(condition or {})},
+        {"$set": {"status": target, "history": history, "updated_at": at, **(extra or {})}},
+        return_document=ReturnDocument.AFTER,
+    )
+    return result
 
 
 async def release_stock(db: AsyncDatabase[Document], engine: Any,

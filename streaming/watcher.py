@@ -367,4 +367,5 @@ class CollectionWatcher:
         return {"state": self.state.value, "reconnects": self.reconnects,
                 "history_losses": self.history_losses, "errors": self.errors,
                 "last_error": self.last_error, "lag_ms": self.lag_ms(),
+                "last_change_at": self.last_event_ms,
                 "last_batch": self.last_batch, "mode": self.mode}

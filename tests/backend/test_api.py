@@ -79,6 +79,7 @@ async def recv_until(ws: ClientConnection, predicate: Any, timeout: float = 5) -
 async def api(nx_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     settings = Settings(mongodb_uri=nx_uri, db_name="api" + uuid.uuid4().hex[:8],
                         data_dir=tmp_path_factory.mktemp("api"), demo=True,
+                        pipeline_enabled=False,  # the API alone: orders stay where we put them
                         secret_key="s" * 48)
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(nx_uri, tz_aware=True)
     async with running(create_app(settings)) as base:

@@ -1,0 +1,440 @@
+"""The order pipeline, driven by change events on ``orders`` (never by polling for work).
+
+pending --reserve stock--> reserved --pay--> paid --> processing   (then an admin ships)
+pending --out of stock--> rejected;  reserved --declined--> payment_failed (stock released)
+
+Exactly once, with several workers or app instances: a worker first *claims*
+an order with a conditional update (status + no live claim), every transition
+is conditional on the status and the claim, and reservation is a sequence of
+per-item conditional decrements with compensation. Notifications and audit
+entries have deterministic ids, so the instance that writes second changes
+nothing. A reconciler re-drives orders stuck longer than a timeout; claims
+older than the timeout may be taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from backend.orders import FINAL, apply_transition, now_iso
+from seed.data import iso
+from streaming import BreakerOpenError, ChangeEngine, ChangeEvent
+
+logger = logging.getLogger("changecast.pipeline")
+
+Document = dict[str, Any]
+AUTOMATIC = {"pending", "reserved", "paid"}  # statuses the pipeline moves on by itself
+FRAUD_CHECK_ABOVE_CENTS = 100_000
+MESSAGES = {
+    "reserved": "Items reserved for order {id}.",
+    "paid": "Payment received for order {id}.",
+    "processing": "Order {id} is being prepared.",
+    "shipped": "Order {id} has shipped.",
+    "delivered": "Order {id} was delivered.",
+    "rejected": "Order {id} was rejected: {reason}.",
+    "payment_failed": "Payment for order {id} failed: {reason}.",
+    "cancelled": "Order {id} was cancelled.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentResult:
+    ok: bool
+    transaction_id: str | None
+    reason: str | None
+    duration_ms: float
+
+
+class PaymentGateway:
+    """A bank stand-in: success rate, a delay distribution, a slower fraud check on big totals."""
+
+    def __init__(self, *, success_rate: float = 0.9, latency_ms: tuple[int, int] = (100, 800),
+                 concurrency: int = 64, rng: random.Random | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        if not 0 <= success_rate <= 1:
+            raise ValueError(f"success_rate must be within 0..1, got {success_rate!r}")
+        self.success_rate = success_rate
+        self.latency_ms = latency_ms
+        self._slots = asyncio.Semaphore(concurrency)
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self.in_flight = 0
+
+    async def charge(self, total_cents: int) -> PaymentResult:
+        """Charge ``total_cents``; waits like a bank would, never blocking other orders."""
+        async with self._slots:
+            self.in_flight += 1
+            started = time.perf_counter()
+            try:
+                delay = self._rng.uniform(*self.latency_ms)
+                if total_cents > FRAUD_CHECK_ABOVE_CENTS:
+                    delay += self._rng.uniform(500, 1_500)
+                await self._sleep(delay / 1000)
+                ok = self._rng.random() < self.success_rate
+            finally:
+                self.in_flight -= 1
+        duration = (time.perf_counter() - started) * 1000
+        if ok:
+            return PaymentResult(True, "TXN-" + uuid.uuid4().hex[:12].upper(), None, duration)
+        return PaymentResult(False, None, "card declined", duration)
+
+
+class Analytics:
+    """Revenue, counts, top customers and products, orders per minute; kept from events."""
+
+    REVENUE_STATUSES = frozenset({"paid", "processing", "shipped", "delivered"})
+
+    def __init__(self) -> None:
+        self._orders: dict[str, tuple[str, int, str, tuple[tuple[str, int], ...], str]] = {}
+
+    def rebuild(self, orders: list[Document]) -> None:
+        self._orders.clear()
+        for order in orders:
+            self.observe(order)
+
+    def observe(self, order: Document) -> None:
+        items = tuple((str(i["product_id"]), int(i["quantity"])) for i in order.get("items", []))
+        self._orders[str(order["_id"])] = (order["status"], int(order.get("total_cents", 0)),
+                                           str(order.get("user_id")), items,
+                                           str(order.get("created_at", "")))
+
+    def forget(self, order_id: str) -> None:
+        self._orders.pop(order_id, None)
+
+    def snapshot(self, now_iso_text: str | None = None) -> dict[str, Any]:
+        per_status: dict[str, int] = {}
+        revenue = 0
+        paid_orders = 0
+        customers: dict[str, int] = {}
+        products: dict[str, int] = {}
+        minutes: dict[str, int] = {}
+        cutoff = iso_minutes_ago(60) if now_iso_text is None else now_iso_text
+        for status, total, user, items, created in self._orders.values():
+            per_status[status] = per_status.get(status, 0) + 1
+            if status in self.REVENUE_STATUSES:
+                revenue += total
+                paid_orders += 1
+                customers[user] = customers.get(user, 0) + total
+                for product, quantity in items:
+                    products[product] = products.get(product, 0) + quantity
+            if created >= cutoff:
+                minute = created[:16]
+                minutes[minute] = minutes.get(minute, 0) + 1
+        top = sorted(customers.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        best = sorted(products.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        return {
+            "orders": len(self._orders), "revenue_cents": revenue,
+            "average_order_value_cents": round(revenue / paid_orders) if paid_orders else 0,
+            "per_status": dict(sorted(per_status.items())),
+            "top_customers": [{"user_id": u, "revenue_cents": r} for u, r in top],
+            "top_products": [{"product_id": p, "quantity": q} for p, q in best],
+            "orders_per_minute": [{"minute": m, "orders": n} for m, n in sorted(minutes.items())],
+        }
+
+
+def iso_minutes_ago(minutes: float) -> str:
+    return iso_seconds_ago(minutes * 60)
+
+
+def iso_seconds_ago(seconds: float) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return iso(datetime.now(UTC) - timedelta(seconds=seconds))
+
+
+class Pipeline:
+    """Workers, payment, notifications, audit, analytics and the reconciler of one instance."""
+
+    def __init__(self, db: AsyncDatabase[Document], engine: ChangeEngine, *,
+                 gateway: PaymentGateway | None = None, reconcile_after_s: float = 30.0,
+                 max_in_flight: int = 512, instance: str | None = None) -> None:
+        self.db = db
+        self.engine = engine
+        self.gateway = gateway or PaymentGateway()
+        self.reconcile_after_s = reconcile_after_s
+        self.instance = instance or uuid.uuid4().hex[:8]
+        self.analytics = Analytics()
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._in_flight: set[str] = set()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runners: list[asyncio.Task[None]] = []
+        self._unlisten: Callable[[], None] | None = None
+        self.stage_ms: dict[str, list[float]] = {}
+        self.counters = {"transitions": 0, "claims_lost": 0, "reconciled": 0,
+                         "reconcile_sweeps": 0, "errors": 0}
+        self._admins: list[str] = []
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild analytics, listen to changes, pick up unfinished orders, start the sweeps."""
+        self.analytics.rebuild(await self.db.orders.find({}).to_list())
+        self._admins = [str(u["_id"]) async for u in self.db.users.find({"role": "admin"},
+                                                                        {"_id": 1})]
+        self._unlisten = self.engine.listen(self._on_change)
+        self._runners = [asyncio.create_task(self._dispatch(), name="pipeline-dispatch"),
+                         asyncio.create_task(self._reconcile_loop(), name="pipeline-reconcile")]
+        await self.reconcile(older_than_s=0)  # orders left over from before this start
+
+    async def stop(self) -> None:
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
+        for task in [*self._runners, *self._tasks]:
+            task.cancel()
+        for task in [*self._runners, *self._tasks]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._runners.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        stages = {}
+        for stage, samples in self.stage_ms.items():
+            ordered = sorted(samples[-2000:])
+            p95 = ordered[max(0, int(len(ordered) * 0.95) - 1)]
+            stages[stage] = {"count": len(samples),
+                             "avg_ms": round(sum(ordered) / len(ordered), 1),
+                             "p95_ms": round(p95, 1)}
+        return {"instance": self.instance, "backlog": self._queue.qsize(),
+                "in_flight": len(self._in_flight), "payments_in_flight": self.gateway.in_flight,
+                "stages": stages, **self.counters}
+
+    # ---- events -----------------------------------------------------------------------------
+
+    def _on_change(self, event: ChangeEvent) -> None:
+        if event.collection == "orders" and event.doc is not None:
+            self.analytics.observe(event.doc)
+            status = event.doc.get("status")
+            if status in AUTOMATIC:
+                self._queue.put_nowait(str(event.key))
+            if event.op == "insert" or (event.changes and "status" in event.changes.set):
+                self._spawn(self._record_transition(event.doc))
+        elif event.collection == "orders" and event.op == "delete":
+            self.analytics.forget(str(event.key))
+        elif event.collection == "products" and event.doc is not None:
+            self._check_stock(event)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self) -> None:
+        while True:
+            order_id = await self._queue.get()
+            if order_id in self._in_flight:
+                continue
+            await self._slots.acquire()
+            self._in_flight.add(order_id)
+            task = asyncio.create_task(self._drive(order_id))
+            self._tasks.add(task)
+            task.add_done_callback(lambda t, oid=order_id: self._done(t, oid))
+
+    def _done(self, task: asyncio.Task[None], order_id: str) -> None:
+        self._tasks.discard(task)
+        self._in_flight.discard(order_id)
+        self._slots.release()
+
+    # ---- driving one order ------------------------------------------------------------------
+
+    async def _drive(self, order_id: str) -> None:
+        try:
+            while True:
+                order = await self._claim(order_id)
+                if order is None:
+                    return
+                status = order["status"]
+                if status == "pending":
+                    await self._reserve(order)
+                elif status == "reserved":
+                    await self._pay(order)
+                elif status == "paid":
+                    await self._advance(order, "processing", "pipeline")
+                else:
+                    return
+        except (PyMongoError, BreakerOpenError) as exc:
+            self.counters["errors"] += 1
+            logger.warning("pipeline paused on %s: %s", order_id, exc,
+                           extra={"order_id": order_id})
+
+    async def _claim(self, order_id: str) -> Document | None:
+        """Take the order for this instance, unless a live claim of another holds it."""
+        now_ms = int(time.time() * 1000)
+        stale = now_ms - int(self.reconcile_after_s * 1000)
+        order: Document | None = await self.db.orders.find_one_and_update(
+            {"_id": order_id, "status": {"$in": sorted(AUTOMATIC)},
+             "$or": [{"claim": None}, {"claim": self.instance}, {"claim_at": {"$lt": stale}}]},
+            {"$set": {"claim": self.instance, "claim_at": now_ms}},
+            return_document=ReturnDocument.AFTER)
+        return order
+
+    async def _advance(self, order: Document, target: str, actor: str, *,
+                       extra: dict[str, Any] | None = None) -> Document | None:
+        release = {"claim": None} if target not in AUTOMATIC else {}
+        updated = await apply_transition(self.db, order, target, actor=actor,
+                                         extra={**release, **(extra or {})},
+                                         condition={"claim": self.instance})
+        if updated is None:
+            self.counters["claims_lost"] += 1
+            return None
+        self.counters["transitions"] += 1
+        self.engine.nudge("orders")
+        logger.info("order %s: %s -> %s", order["_id"], order["status"], target,
+                    extra={"correlation_id": order.get("correlation_id"),
+                           "order_id": order["_id"], "stage": target})
+        return updated
+
+    async def _reserve(self, order: Document) -> None:
+        started = time.perf_counter()
+        taken: list[Document] = []
+        failure = None
+        for item in order["items"]:
+            product = await self.db.products.find_one_and_update(
+                {"_id": item["product_id"], "stock": {"$gte": int(item["quantity"])}},
+                {"$inc": {"stock": -int(item["quantity"])}, "$set": {"updated_at": now_iso()}},
+                return_document=ReturnDocument.AFTER)
+            if product is None:
+                exists = await self.db.products.find_one({"_id": item["product_id"]}, {"_id": 1})
+                failure = (f"out of stock: {item['product_id']}" if exists
+                           else f"unknown product: {item['product_id']}")
+                break
+            taken.append(item)
+        self.engine.nudge("products")
+        if failure is not None:
+            await self._release(taken)
+            await self._advance(order, "rejected", "pipeline", extra={"failure_reason": failure})
+        elif await self._advance(order, "reserved", "pipeline") is None:
+            await self._release(taken)  # another instance got there first: give it back
+        self._stage("reserve", started)
+
+    async def _pay(self, order: Document) -> None:
+        started = time.perf_counter()
+        result = await self.gateway.charge(int(order["total_cents"]))
+        payment = {"status": "captured" if result.ok else "declined",
+                   "transaction_id": result.transaction_id,
+                   "duration_ms": round(result.duration_ms, 1)}
+        if result.ok:
+            paid = await self._advance(order, "paid", "payment", extra={"payment": payment})
+            if paid is not None:
+                await self._advance(paid, "processing", "pipeline")
+        else:
+            failed = await self._advance(order, "payment_failed", "payment",
+                                         extra={"payment": payment,
+                                                "failure_reason": result.reason})
+            if failed is not None:
+                await self._release(order["items"])
+        self._stage("payment", started)
+
+    async def _release(self, items: list[Document]) -> None:
+        for item in items:
+            await self.db.products.update_one(
+                {"_id": item["product_id"]},
+                {"$inc": {"stock": int(item["quantity"])}, "$set": {"updated_at": now_iso()}})
+        if items:
+            self.engine.nudge("products")
+
+    def _stage(self, stage: str, started: float) -> None:
+        samples = self.stage_ms.setdefault(stage, [])
+        samples.append((time.perf_counter() - started) * 1000)
+        if len(samples) > 10_000:
+            del samples[:5_000]
+
+    # ---- notifications and audit (idempotent across instances) ------------------------------
+
+    async def _record_transition(self, order: Document) -> None:
+        history = order.get("history") or []
+        if not history:
+            return
+        entry = history[-1]
+        status = entry["status"]
+        previous = history[-2]["at"] if len(history) > 1 else entry["at"]
+        audit = {"_id": f"{order['_id']}:{len(history)}:{status}",
+                 "correlation_id": order.get("correlation_id"), "order_id": order["_id"],
+                 "stage": status, "event": "entered", "actor": entry.get("by"),
+                 "at": entry["at"], "duration_ms": _ms_between(previous, entry["at"])}
+        with contextlib.suppress(DuplicateKeyError, PyMongoError):
+            await self.db.audit.insert_one(audit)
+        if status in MESSAGES:
+            message = MESSAGES[status].format(id=order["_id"],
+                                              reason=order.get("failure_reason") or "unknown")
+            kind = "failure" if status in {"rejected", "payment_failed"} else "status"
+            await self._notify(f"{order['_id']}:{status}", str(order["user_id"]), kind,
+                               message, order_id=str(order["_id"]))
+
+    async def _notify(self, notification_id: str, user_id: str, kind: str, message: str, *,
+                      order_id: str | None = None) -> None:
+        doc = {"_id": notification_id, "user_id": user_id, "order_id": order_id, "kind": kind,
+               "message": message, "created_at": now_iso(), "read": False}
+        with contextlib.suppress(DuplicateKeyError, PyMongoError):
+            await self.db.notifications.insert_one(doc)
+            self.engine.nudge("notifications")
+
+    def _check_stock(self, event: ChangeEvent) -> None:
+        after, before = event.doc or {}, event.before or {}
+        threshold = int(after.get("low_stock_threshold", 10))
+        new, old = after.get("stock"), before.get("stock")
+        if not isinstance(new, int) or not isinstance(old, int) or new >= old:
+            return
+        if new == 0:
+            kind, text = "sold_out", f"{after.get('name')} ({event.key}) is sold out."
+        elif new < threshold <= old:
+            kind, text = "low_stock", f"{after.get('name')} ({event.key}) is low: {new} left."
+        else:
+            return
+        for admin in self._admins:
+            self._spawn(self._notify(f"{kind}:{event.key}:{after.get('updated_at')}:{admin}",
+                                     admin, kind, text))
+
+    # ---- reconciler --------------------------------------------------------------------------
+
+    async def reconcile(self, *, older_than_s: float | None = None) -> int:
+        """Re-drive orders stuck in an automatic status; returns how many were found."""
+        age = self.reconcile_after_s if older_than_s is None else older_than_s
+        cutoff = iso_seconds_ago(age)
+        stuck = await self.db.orders.find(
+            {"status": {"$in": sorted(AUTOMATIC)}, "updated_at": {"$lte": cutoff}},
+            {"_id": 1}).to_list()
+        for doc in stuck:
+            self._queue.put_nowait(str(doc["_id"]))
+        self.counters["reconcile_sweeps"] += 1
+        self.counters["reconciled"] += len(stuck)
+        if stuck:
+            logger.info("reconciler re-drives %d stuck orders", len(stuck))
+        return len(stuck)
+
+    async def _reconcile_loop(self) -> None:
+        interval = max(0.5, min(self.reconcile_after_s / 2, 10.0))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reconcile()
+            except (PyMongoError, BreakerOpenError) as exc:
+                logger.warning("reconcile sweep failed: %s", exc)
+
+
+def _ms_between(start: str, end: str) -> float:
+    from datetime import datetime
+
+    try:
+        a = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        b = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        return 0.0
+    return round((b - a).total_seconds() * 1000, 1)
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL

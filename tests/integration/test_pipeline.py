@@ -1,0 +1,180 @@
+"""The order pipeline end to end on the embedded database."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from backend.orders import create_order
+from backend.pipeline import AUTOMATIC, PaymentGateway, Pipeline
+from streaming import ChangeEngine
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+Db = Any
+
+
+async def setup(db: Db, products: dict[str, int]) -> None:
+    await db.users.insert_many(
+        [{"_id": "user-admin", "email": "admin@example.com", "name": "A", "role": "admin"}]
+        + [{"_id": f"c{n:02d}", "email": f"c{n}@e.com", "name": f"C{n}", "role": "customer"}
+           for n in range(20)])
+    await db.products.insert_many([
+        {"_id": pid, "name": pid, "category": "x", "price_cents": 1_000 + 500 * i,
+         "stock": stock, "low_stock_threshold": 10, "updated_at": "2026-01-01T00:00:00.000Z"}
+        for i, (pid, stock) in enumerate(products.items())])
+
+
+async def start_instance(client: AsyncMongoClient[dict[str, Any]], name: str, *,
+                         reconcile_after_s: float = 30.0,
+                         latency: tuple[int, int] = (2, 15), success_rate: float = 0.9,
+                         seed: int = 1) -> tuple[ChangeEngine, Pipeline]:
+    engine = ChangeEngine(client[name], mode="poll")
+    await engine.start()
+    await engine.prime("products")
+    pipeline = Pipeline(client[name], engine, reconcile_after_s=reconcile_after_s,
+                        gateway=PaymentGateway(success_rate=success_rate, latency_ms=latency,
+                                               rng=random.Random(seed)))
+    await pipeline.start()
+    return engine, pipeline
+
+
+async def settled(db: Db, expected: int, timeout: float = 90) -> list[dict[str, Any]]:
+    """Wait until every order left the statuses the pipeline moves on by itself."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        orders = await db.orders.find({}).to_list()
+        if len(orders) == expected and not any(o["status"] in AUTOMATIC for o in orders):
+            return orders
+        stuck = Counter(o["status"] for o in orders)
+        assert asyncio.get_running_loop().time() < deadline, f"orders stuck: {stuck}"
+        await asyncio.sleep(0.1)
+
+
+async def place(db: Db, engine: ChangeEngine, count: int, products: list[str],
+                rng: random.Random) -> None:
+    async def one(n: int) -> None:
+        items = [(pid, rng.randint(1, 3)) for pid in rng.sample(products, rng.randint(1, 3))]
+        await create_order(db, engine, user_id=f"c{n % 20:02d}", items=items,
+                           correlation=f"corr-{n}", actor="customer")
+
+    for start in range(0, count, 50):  # bursts of 50 concurrent orders
+        await asyncio.gather(*(one(n) for n in range(start, min(count, start + 50))))
+
+
+def check_trails(orders: list[dict[str, Any]], audit: list[dict[str, Any]],
+                 notes: list[dict[str, Any]]) -> None:
+    by_order = Counter(a["order_id"] for a in audit)
+    notes_by_order = Counter(n["order_id"] for n in notes if n.get("order_id"))
+    for order in orders:
+        statuses = [h["status"] for h in order["history"]]
+        assert len(statuses) == len(set(statuses)), f"{order['_id']} repeated a transition"
+        assert by_order[order["_id"]] == len(statuses), order["_id"]
+        assert notes_by_order[order["_id"]] == len(statuses) - 1, order["_id"]
+        trail = [a for a in audit if a["order_id"] == order["_id"]]
+        assert {a["correlation_id"] for a in trail} == {order["correlation_id"]}
+        assert sorted(a["stage"] for a in trail) == sorted(statuses)
+
+
+async def test_pipeline_500_orders_20_customers_end_states_stock_and_trails(
+    mongo: AsyncMongoClient[dict[str, Any]], db_name: str
+) -> None:
+    db = mongo[db_name]
+    initial = {f"P{i:02d}": 120 for i in range(12)} | {"SCARCE": 5}
+    await setup(db, initial)
+    engine, pipeline = await start_instance(mongo, db_name)
+    try:
+        await place(db, engine, 500, list(initial), random.Random(3))
+        orders = await settled(db, 500)
+    finally:
+        await pipeline.stop()
+        await engine.stop()
+    statuses = Counter(o["status"] for o in orders)
+    assert set(statuses) <= {"processing", "rejected", "payment_failed"}
+    reserved = statuses["processing"] + statuses["payment_failed"]
+    assert 0.8 <= statuses["processing"] / reserved <= 0.97, statuses
+    assert statuses["rejected"] > 0  # SCARCE runs out
+    assert all("out of stock" in o["failure_reason"] for o in orders if o["status"] == "rejected")
+    sold: Counter[str] = Counter()
+    for order in orders:
+        if order["status"] == "processing":
+            for item in order["items"]:
+                sold[item["product_id"]] += item["quantity"]
+    final = {p["_id"]: p["stock"] for p in await db.products.find({}).to_list()}
+    for pid, stock in initial.items():
+        assert final[pid] == stock - sold[pid] >= 0, pid
+    audit = await db.audit.find({}).to_list()
+    notes = await db.notifications.find({}).to_list()
+    check_trails(orders, audit, notes)
+    assert any(n["kind"] == "sold_out" and n["user_id"] == "user-admin" for n in notes)
+    analytics = pipeline.analytics.snapshot()
+    assert analytics["orders"] == 500
+    assert analytics["per_status"] == dict(sorted(statuses.items()))
+    assert analytics["revenue_cents"] == sum(o["total_cents"] for o in orders
+                                             if o["status"] == "processing")
+    assert len(analytics["top_customers"]) == 5 and len(analytics["top_products"]) == 5
+
+
+async def test_pipeline_64_concurrent_orders_for_the_last_10_units(
+    mongo: AsyncMongoClient[dict[str, Any]], db_name: str
+) -> None:
+    db = mongo[db_name]
+    await setup(db, {"LAST": 10})
+    # Every payment succeeds here: a declined one would put its unit back on the shelf.
+    engine, pipeline = await start_instance(mongo, db_name, success_rate=1.0)
+    try:
+        await asyncio.gather(*(create_order(db, engine, user_id=f"c{n % 20:02d}",
+                                            items=[("LAST", 1)], correlation=f"k{n}",
+                                            actor="customer") for n in range(64)))
+        orders = await settled(db, 64)
+    finally:
+        await pipeline.stop()
+        await engine.stop()
+    statuses = Counter(o["status"] for o in orders)
+    assert statuses == {"processing": 10, "rejected": 54}
+    assert all(o["failure_reason"] == "out of stock: LAST" for o in orders
+               if o["status"] == "rejected")
+    product = await db.products.find_one({"_id": "LAST"})
+    assert product is not None and product["stock"] == 0
+
+
+async def test_pipeline_two_instances_exactly_once_and_survive_one_dying(
+    nx_uri: str, db_name: str
+) -> None:
+    clients = [AsyncMongoClient[dict[str, Any]](nx_uri, tz_aware=True) for _ in range(2)]
+    db = clients[0][db_name]
+    await setup(db, {f"P{i}": 1_000 for i in range(6)})
+    first = await start_instance(clients[0], db_name, reconcile_after_s=1.5,
+                                 latency=(50, 150), seed=1)
+    second = await start_instance(clients[1], db_name, reconcile_after_s=1.5,
+                                  latency=(50, 150), seed=2)
+    try:
+        await place(db, first[0], 100, [f"P{i}" for i in range(6)], random.Random(5))
+        # One instance dies mid-run: its in-flight work stops where it is, claims and all.
+        await first[1].stop()
+        await first[0].stop()
+        orphaned = await db.orders.count_documents({"status": {"$in": sorted(AUTOMATIC)},
+                                                    "claim": first[1].instance})
+        assert orphaned > 0, "the dying instance should leave claimed work behind"
+        await place(db, second[0], 100, [f"P{i}" for i in range(6)], random.Random(6))
+        orders = await settled(db, 200, timeout=60)
+    finally:
+        for engine, pipeline in (first, second):
+            await pipeline.stop()
+            await engine.stop()
+        for client in clients:
+            await client.close()
+    assert {o["status"] for o in orders} <= {"processing", "rejected", "payment_failed"}
+    assert second[1].counters["reconciled"] >= orphaned
+    verify = AsyncMongoClient[dict[str, Any]](nx_uri, tz_aware=True)
+    try:
+        vdb = verify[db_name]
+        check_trails(orders, await vdb.audit.find({}).to_list(),
+                     await vdb.notifications.find({}).to_list())
+    finally:
+        await verify.close()
