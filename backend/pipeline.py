@@ -271,12 +271,22 @@ class Pipeline:
                            extra={"order_id": order_id})
 
     async def _claim(self, order_id: str) -> Document | None:
-        """Take the order for this instance, unless a live claim of another holds it."""
+        """Take the order for this instance, unless a live claim of another holds it.
+
+        Read, decide, then compare-and-set on the observed status and claim: only
+        equality conditions, which NX-27017 answers from its index (an ``$or`` makes it
+        scan the collection).
+        """
+        current = await self.db.orders.find_one({"_id": order_id})
+        if current is None or current["status"] not in AUTOMATIC:
+            return None
+        holder = current.get("claim")
         now_ms = int(time.time() * 1000)
         stale = now_ms - int(self.reconcile_after_s * 1000)
+        if holder not in (None, self.instance) and int(current.get("claim_at") or 0) >= stale:
+            return None  # another instance is on it
         order: Document | None = await self.db.orders.find_one_and_update(
-            {"_id": order_id, "status": {"$in": sorted(AUTOMATIC)},
-             "$or": [{"claim": None}, {"claim": self.instance}, {"claim_at": {"$lt": stale}}]},
+            {"_id": order_id, "status": current["status"], "claim": holder},
             {"$set": {"claim": self.instance, "claim_at": now_ms}},
             return_document=ReturnDocument.AFTER)
         return order

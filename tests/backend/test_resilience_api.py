@@ -112,3 +112,29 @@ async def test_websocket_clients_get_a_going_away_close_on_shutdown(nx_uri: str,
     with pytest.raises(ConnectionClosed) as info:
         await asyncio.wait_for(ws.recv(), 10)
     assert info.value.rcvd is not None and info.value.rcvd.code in (1001, 1012)
+
+
+async def test_metrics_carry_analytics_pipeline_and_lag_with_the_pipeline_on(
+    nx_uri: str, tmp_path: Path
+) -> None:
+    settings = settings_for(nx_uri, tmp_path)
+    async with running(create_app(settings)) as base, httpx.AsyncClient(base_url=base) as http:
+        await http.post("/api/login", json={"email": "customer07@example.com",
+                                            "password": DEFAULT_DEMO_PASSWORD})
+        order = (await http.post("/api/orders", json={"items": [
+            {"product_id": "SKU-GRO-002", "quantity": 1}]})).json()
+        deadline = time.monotonic() + 30
+        while (await http.get(f"/api/orders/{order['_id']}")).json()["status"] in (
+                "pending", "reserved", "paid"):
+            assert time.monotonic() < deadline, "the pipeline did not move the order"
+            await asyncio.sleep(0.1)
+        metrics = (await http.get("/api/metrics")).json()
+        assert metrics["orders"]["orders"] >= 301
+        assert sum(metrics["orders"]["per_status"].values()) == metrics["orders"]["orders"]
+        assert metrics["orders"]["revenue_cents"] > 0
+        assert len(metrics["orders"]["top_products"]) == 5
+        assert metrics["pipeline"]["transitions"] >= 2
+        assert metrics["lag"]["orders"]["last_change_at"] is not None
+        assert metrics["watchers"]["orders"]["state"] == "watching"
+        audit = [a for a in metrics["pipeline"]["stages"]]
+        assert "reserve" in audit
