@@ -36,6 +36,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.pipeline
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
