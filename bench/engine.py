@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.report import write
 from streaming import Hub, compile_filter
 from streaming.events import Changes
 from streaming.filters import equals_filter
@@ -108,15 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "engine-fanout",
         "command": "python -m bench.engine",
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count()},
         "note": "deliveries = (change, subscriber) pairs queued; single core; medians of "
                 f"{args.repeats} runs of {CHANGES} changes",
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write(args.out, report)
     return 0
 
 

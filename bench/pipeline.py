@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import random
 import statistics
 import tempfile
@@ -27,6 +24,7 @@ from backend.database import make_client
 from backend.embedded import EmbeddedServer
 from backend.orders import create_order
 from backend.pipeline import AUTOMATIC, PaymentGateway, Pipeline
+from bench.report import write
 from streaming import ChangeEngine
 
 
@@ -112,8 +110,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return {"benchmark": "pipeline", "command": "python -m bench.pipeline",
             "orders_per_run": args.orders,
             "payment": "90% success, 100-800 ms bank delay, +500-1500 ms fraud check over $1,000",
-            "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                        "cpus": os.cpu_count()},
             "results": rows}
 
 
@@ -124,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
     args = parser.parse_args(argv)
     report = asyncio.run(main_async(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write(args.out, report)
     return 0
 
 
