@@ -22,6 +22,7 @@ from backend.database import Database, open_database
 from backend.errors import HANDLERS
 from backend.jsonio import JSON
 from backend.pipeline import PaymentGateway, Pipeline
+from backend.prometheus import metrics_text
 from backend.security import GuardMiddleware
 from backend.settings import Settings
 from backend.ws import websocket_endpoint
@@ -138,6 +139,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
         Route("/api/simulate/new-order", api.simulate_new_order, methods=["POST"]),
         Route("/api/simulate/update-stock", api.simulate_update_stock, methods=["POST"]),
         Route("/api/simulate/status-update", api.simulate_status_update, methods=["POST"]),
+        Route("/metrics", metrics_text, methods=["GET"], include_in_schema=False),
         Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
         Route("/login", pages.login_page, methods=["GET"], include_in_schema=False),
         Route("/login", pages.login_form, methods=["POST"], include_in_schema=False),

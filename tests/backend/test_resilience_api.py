@@ -139,3 +139,25 @@ async def test_metrics_carry_analytics_pipeline_and_lag_with_the_pipeline_on(
         assert metrics["watchers"]["orders"]["state"] == "watching"
         audit = [a for a in metrics["pipeline"]["stages"]]
         assert "reserve" in audit
+
+
+async def test_prometheus_metrics_parse_and_carry_the_engine_figures(nx_uri: str,
+                                                                    tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with running(create_app(settings_for(nx_uri, tmp_path))) as base, \
+            httpx.AsyncClient(base_url=base) as http:
+        await http.get("/api/products/SKU-BOO-001")
+        response = await http.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(response.text)}
+        for name in ("changecast_deliveries", "changecast_drops", "changecast_resyncs",
+                     "changecast_cache_hits", "changecast_cache_misses",
+                     "changecast_breaker_state", "changecast_websocket_connections",
+                     "changecast_delivery_latency_ms", "changecast_orders"):
+            assert name in families, name
+        assert families["changecast_cache_hits"].samples[0].value >= 1
+        assert families["changecast_breaker_state"].samples[0].value == 0
+        statuses = {s.labels["status"] for s in families["changecast_orders"].samples}
+        assert "delivered" in statuses
