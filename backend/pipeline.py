@@ -252,17 +252,16 @@ class Pipeline:
 
     async def _drive(self, order_id: str) -> None:
         try:
-            while True:
-                order = await self._claim(order_id)
-                if order is None:
-                    return
+            # Claimed once; each step hands on the updated document, claim included.
+            order = await self._claim(order_id)
+            while order is not None:
                 status = order["status"]
                 if status == "pending":
-                    await self._reserve(order)
+                    order = await self._reserve(order)
                 elif status == "reserved":
-                    await self._pay(order)
+                    order = await self._pay(order)
                 elif status == "paid":
-                    await self._advance(order, "processing", "pipeline")
+                    order = await self._advance(order, "processing", "pipeline")
                 else:
                     return
         except (PyMongoError, BreakerOpenError) as exc:
@@ -307,7 +306,7 @@ class Pipeline:
                            "order_id": order["_id"], "stage": target})
         return updated
 
-    async def _reserve(self, order: Document) -> None:
+    async def _reserve(self, order: Document) -> Document | None:
         started = time.perf_counter()
         taken: list[Document] = []
         failure = None
@@ -323,30 +322,31 @@ class Pipeline:
                 break
             taken.append(item)
         self.engine.nudge("products")
+        reserved = None
         if failure is not None:
             await self._release(taken)
             await self._advance(order, "rejected", "pipeline", extra={"failure_reason": failure})
-        elif await self._advance(order, "reserved", "pipeline") is None:
-            await self._release(taken)  # another instance got there first: give it back
+        else:
+            reserved = await self._advance(order, "reserved", "pipeline")
+            if reserved is None:
+                await self._release(taken)  # another instance got there first: give it back
         self._stage("reserve", started)
+        return reserved
 
-    async def _pay(self, order: Document) -> None:
+    async def _pay(self, order: Document) -> Document | None:
         started = time.perf_counter()
         result = await self.gateway.charge(int(order["total_cents"]))
         payment = {"status": "captured" if result.ok else "declined",
                    "transaction_id": result.transaction_id,
                    "duration_ms": round(result.duration_ms, 1)}
-        if result.ok:
-            paid = await self._advance(order, "paid", "payment", extra={"payment": payment})
-            if paid is not None:
-                await self._advance(paid, "processing", "pipeline")
-        else:
-            failed = await self._advance(order, "payment_failed", "payment",
-                                         extra={"payment": payment,
-                                                "failure_reason": result.reason})
-            if failed is not None:
-                await self._release(order["items"])
         self._stage("payment", started)
+        if result.ok:
+            return await self._advance(order, "paid", "payment", extra={"payment": payment})
+        failed = await self._advance(order, "payment_failed", "payment",
+                                     extra={"payment": payment, "failure_reason": result.reason})
+        if failed is not None:
+            await self._release(order["items"])
+        return None
 
     async def _release(self, items: list[Document]) -> None:
         for item in items:
