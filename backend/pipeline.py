@@ -251,10 +251,13 @@ class Pipeline:
     # ---- driving one order ------------------------------------------------------------------
 
     async def _drive(self, order_id: str) -> None:
+        order: Document | None = None
+        correlation = None
         try:
             # Claimed once; each step hands on the updated document, claim included.
             order = await self._claim(order_id)
             while order is not None:
+                correlation = order.get("correlation_id")
                 status = order["status"]
                 if status == "pending":
                     order = await self._reserve(order)
@@ -267,7 +270,7 @@ class Pipeline:
         except (PyMongoError, BreakerOpenError) as exc:
             self.counters["errors"] += 1
             logger.warning("pipeline paused on %s: %s", order_id, exc,
-                           extra={"order_id": order_id})
+                           extra={"order_id": order_id, "correlation_id": correlation})
 
     async def _claim(self, order_id: str) -> Document | None:
         """Take the order for this instance, unless a live claim of another holds it.
@@ -310,6 +313,8 @@ class Pipeline:
         started = time.perf_counter()
         taken: list[Document] = []
         failure = None
+        log = {"correlation_id": order.get("correlation_id"), "order_id": order["_id"]}
+        logger.debug("reserving %d items", len(order["items"]), extra=log)
         for item in order["items"]:
             product = await self.db.products.find_one_and_update(
                 {"_id": item["product_id"], "stock": {"$gte": int(item["quantity"])}},
@@ -336,6 +341,9 @@ class Pipeline:
     async def _pay(self, order: Document) -> Document | None:
         started = time.perf_counter()
         result = await self.gateway.charge(int(order["total_cents"]))
+        logger.info("payment %s in %.0f ms", "captured" if result.ok else "declined",
+                    result.duration_ms, extra={"correlation_id": order.get("correlation_id"),
+                                               "order_id": order["_id"], "stage": "payment"})
         payment = {"status": "captured" if result.ok else "declined",
                    "transaction_id": result.transaction_id,
                    "duration_ms": round(result.duration_ms, 1)}
