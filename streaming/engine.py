@@ -75,6 +75,14 @@ class ChangeEngine:
 
     async def start(self, *, timeout: float = 15.0) -> None:
         """Open every change stream; return once all are watching."""
+        if self.mode == "poll":
+            # NX-27017 tracks changes with triggers on the collection's table: create the
+            # collections first, so no stream is opened on a table that is not there yet.
+            existing = set(await self.database.list_collection_names())
+            for name in self.collections:
+                if name not in existing:
+                    with contextlib.suppress(PyMongoError):
+                        await self.database.create_collection(name)
         await asyncio.gather(*(w.start(timeout=timeout) for w in self.watchers.values()))
 
     async def stop(self) -> None:

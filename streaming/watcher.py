@@ -163,7 +163,7 @@ class CollectionWatcher:
                  backoff_initial: float = 0.05, backoff_max: float = 5.0,
                  checkpoint_interval: float = 0.25, clock: Clock = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, stall_after: float = 3.0) -> None:
         if idle_interval <= 0 or idle_interval > 1:
             raise ValueError(f"idle_interval must be in (0, 1] seconds, got {idle_interval!r}")
         self.collection = collection
@@ -193,6 +193,13 @@ class CollectionWatcher:
         self._saved_token: Any = None
         self._saved_at = 0.0
         self._nudged = asyncio.Event()
+        # Nudges (our own writes) not yet followed by any change: a stream that stays
+        # silent through several of them for stall_after seconds is dead (seen on
+        # NX-27017 after a kill -9), and is reopened with a resync.
+        self._unanswered = 0
+        self._unanswered_since: float | None = None
+        self.stall_after = stall_after
+        self.stalls = 0
         self._watching = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._resumed_rowid: int | None = None
@@ -202,6 +209,9 @@ class CollectionWatcher:
     def nudge(self) -> None:
         """Poll now (called right after this process writes)."""
         self._nudged.set()
+        if self._unanswered_since is None:
+            self._unanswered_since = self._clock()
+        self._unanswered += 1
 
     async def start(self, *, wait: bool = True, timeout: float = 15.0) -> None:
         """Start watching; with ``wait``, return once the stream is open."""
@@ -309,6 +319,7 @@ class CollectionWatcher:
             if change is None:
                 self.last_batch, batch = batch, 0
                 self._check_replay_complete()
+                self._check_progress(stream.resume_token)
                 self.token = stream.resume_token or self.token
                 await self._checkpoint()
                 if self.mode == "poll":
@@ -316,6 +327,7 @@ class CollectionWatcher:
                         await asyncio.wait_for(self._nudged.wait(), self.idle_interval)
                 continue
             batch += 1
+            self._unanswered, self._unanswered_since = 0, None
             op = change.get("operationType")
             if op in ("drop", "rename", "dropDatabase"):
                 raise HistoryLost(f"collection {self.name} saw {op}")
@@ -328,6 +340,20 @@ class CollectionWatcher:
             self.token = change.get("_id", stream.resume_token)
             self.last_change_at = self._clock()
             await self._checkpoint()
+
+    def _check_progress(self, server_token: Any) -> None:
+        """Raise HistoryLost when the stream went backwards or stays silent after our writes."""
+        if self.mode != "poll":
+            return
+        ours, theirs = nx_rowid(self.token), nx_rowid(server_token)
+        if ours is not None and theirs is not None and theirs < ours:
+            raise HistoryLost(f"the server's change log went back from {ours} to {theirs}")
+        since = self._unanswered_since
+        if since is not None and self._unanswered >= 3 and self._clock() - since > self.stall_after:
+            self.stalls += 1
+            self._unanswered, self._unanswered_since = 0, None
+            raise HistoryLost(f"no change arrived for {self.stall_after:.0f} s after "
+                              "this process wrote; the stream is reopened")
 
     def _track_replay(self, change: Document) -> None:
         if self._resumed_rowid is None:
@@ -366,6 +392,7 @@ class CollectionWatcher:
         """State, reconnects, history losses, lag and the size of the last batch."""
         return {"state": self.state.value, "reconnects": self.reconnects,
                 "history_losses": self.history_losses, "errors": self.errors,
+                "stalls": self.stalls,
                 "last_error": self.last_error, "lag_ms": self.lag_ms(),
                 "last_change_at": self.last_event_ms,
                 "last_batch": self.last_batch, "mode": self.mode}

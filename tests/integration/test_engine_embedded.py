@@ -173,7 +173,13 @@ async def test_engine_survives_kill_9_of_the_embedded_server(tmp_path: Path) -> 
         deadline = asyncio.get_running_loop().time() + 30
         for view in views:
             while view.docs != await view.truth():
-                assert asyncio.get_running_loop().time() < deadline, f"{view.sub_id} did not converge"
+                if asyncio.get_running_loop().time() > deadline:
+                    truth = await view.truth()
+                    diff = {k: (view.docs.get(k), truth.get(k)) for k in set(view.docs) | set(truth)
+                            if view.docs.get(k) != truth.get(k)}
+                    raise AssertionError(f"{view.sub_id} did not converge: {diff} "
+                                         f"resyncs={view.resyncs} anomalies={view.anomalies} "
+                                         f"{engine.snapshot()}")
                 engine.nudge()
                 await asyncio.sleep(0.05)
             assert len(view.seqs) == len(set(view.seqs))

@@ -161,3 +161,37 @@ async def test_watcher_nx_token_past_the_head_means_a_reset_database() -> None:
     await h.run()
     assert "past the head" in h.lost[0]
     assert "resume_after" not in coll.calls[-1]
+
+
+async def test_watcher_silent_after_our_writes_is_reopened_with_a_resync() -> None:
+    now = [0.0]
+    coll = FakeCollection("orders", [[], [change(1, nx=True)]], poll=True, head={"_data": "nx:0"})
+    h = Harness(coll, expect=2, mode="poll", clock=lambda: now[0], stall_after=3.0)
+    await h.watcher.start()
+    for _ in range(3):
+        h.watcher.nudge()  # three writes of ours, and nothing comes back
+    now[0] = 4.0
+    await asyncio.wait_for(h.done.wait(), 5)
+    await h.watcher.stop()
+    assert len(h.lost) == 1 and "no change arrived" in h.lost[0]
+    assert h.watcher.stalls == 1 and len(coll.calls) >= 2
+    assert [c["documentKey"]["_id"] for c in h.seen] == ["k1"]
+
+
+async def test_watcher_change_log_going_backwards_is_history_lost() -> None:
+    checkpoints = MemoryCheckpoints()
+    await checkpoints.save("orders", {"_data": "nx:40"})
+    coll = FakeCollection("orders", [[], [change(41, nx=True)]], poll=True,
+                          head={"_data": "nx:40"})
+    h = Harness(coll, expect=2, mode="poll", checkpoints=checkpoints)
+    original = coll.watch
+
+    async def regressing_watch(*args: Any, **kwargs: Any) -> Any:
+        stream = await original(*args, **kwargs)
+        if kwargs and len(coll.calls) == 2:  # the first real stream reports a reset log
+            stream.resume_token = {"_data": "nx:3"}
+        return stream
+
+    coll.watch = regressing_watch  # type: ignore[method-assign]
+    await h.run()
+    assert any("went back from 40 to 3" in reason for reason in h.lost)
