@@ -44,7 +44,7 @@ _CORRELATION = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_ITEMS = 50
 MAX_QUANTITY = 1_000
 # How long a write waits to see itself on the change stream (well inside the API's
-# 0.9 s cap: the write has happened either way).
+# 0.8 s cap: the write has happened either way).
 SETTLE_S = 0.25
 
 

@@ -326,7 +326,8 @@ class Pipeline:
                            else f"unknown product: {item['product_id']}")
                 break
             taken.append(item)
-        self.engine.nudge("products")
+        if taken:  # a nudge promises a change: the watcher treats silence after it as a stall
+            self.engine.nudge("products")
         reserved = None
         if failure is not None:
             await self._release(taken)

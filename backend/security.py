@@ -17,7 +17,7 @@ UNGUARDED = {"/api/health", "/api/metrics"}  # must answer while the database is
 # PyMongo's own deadline for an API request's database calls, and a hard cap on top:
 # its server selection re-checks only every 0.5 s, so alone it can overrun to ~1 s.
 API_DEADLINE_S = 0.5
-API_HARD_CAP_S = 0.9
+API_HARD_CAP_S = 0.8
 
 
 def same_origin(headers: Headers, scheme: str) -> bool:
