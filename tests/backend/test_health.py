@@ -20,7 +20,8 @@ async def test_health_reports_down_within_a_second_and_recovers(tmp_path: Path) 
     port = free_port()
     proc = start_nx(tmp_path / "nx", port)
     settings = Settings(mongodb_uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
-                        data_dir=tmp_path, demo=True, secret_key="k" * 40)
+                        data_dir=tmp_path, demo=True, secret_key="k" * 40,
+                        pipeline_enabled=False)  # health alone: no pipeline traffic in the outage
     try:
         async with open_database(settings) as database, running(
             create_app(settings, database=database)
