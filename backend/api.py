@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from typing import Any, TypeVar
 
 import msgspec
@@ -11,10 +10,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from backend import orders as order_ops
-from backend.auth import current_user, require_admin, require_user, user_from_doc
+from backend.auth import current_user, require_admin, require_user, sign_in
 from backend.errors import ApiError
 from backend.jsonio import JSON
-from backend.passwords import verify_password_async
 from streaming import compile_filter
 
 T = TypeVar("T")
@@ -236,18 +234,8 @@ async def login(request: Request) -> Response:
     responses: {200: {description: signed in}, 401: {description: bad credentials}, 429: {description: throttled}}
     """
     body = await read_body(request, LoginBody)
-    throttle = request.state.throttle
-    client = request.client.host if request.client else "unknown"
-    email = body.email.strip().lower()
-    keys = (f"email:{email}", f"ip:{client}")
-    throttle.check(*keys)
-    doc = await request.state.db.users.find_one({"email": email})
-    if doc is None or not await verify_password_async(doc.get("password_hash", ""), body.password):
-        throttle.fail(*keys)
-        raise ApiError(401, "wrong email or password")
-    request.session.clear()  # a fresh session on every sign-in
-    request.session.update({"user_id": str(doc["_id"]), "at": int(time.time())})
-    return JSON({"user": user_from_doc(doc).public()})
+    user = await sign_in(request, body.email, body.password)
+    return JSON({"user": user.public()})
 
 
 async def logout(request: Request) -> Response:
@@ -339,11 +327,12 @@ async def metrics(request: Request) -> Response:
     snap = engine.snapshot()
     snap["connections"] = {"websockets": len(request.state.connections)}
     pipeline = request.state.pipeline
+    backlog = 0
     if pipeline is not None:
         snap["orders"] = pipeline.analytics.snapshot()
         snap["pipeline"] = pipeline.snapshot()
+        backlog = snap["pipeline"]["backlog"]
     snap["lag"] = {name: {"lag_ms": w["lag_ms"], "last_change_at": w["last_change_at"],
-                          "last_batch": w["last_batch"],
-                          "backlog": pipeline.snapshot()["backlog"] if pipeline else 0}
+                          "last_batch": w["last_batch"], "backlog": backlog}
                    for name, w in snap["watchers"].items()}
     return JSON(snap)

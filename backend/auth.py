@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from backend.errors import ApiError
+from backend.passwords import verify_password_async
 
 THROTTLE_LIMIT = 10
 THROTTLE_WINDOW_S = 60.0
@@ -67,6 +68,22 @@ class LoginThrottle:
             self._recent(key).append(now)
         if len(self._failures) > 100_000:  # bounded memory under a spray of addresses
             self._failures.clear()
+
+
+async def sign_in(conn: HTTPConnection, email: str, password: str) -> User:
+    """Check credentials (throttled per account and client address) and start a fresh session."""
+    email = email.strip().lower()
+    client = conn.client.host if conn.client else "unknown"
+    keys = (f"email:{email}", f"ip:{client}")
+    throttle: LoginThrottle = conn.state.throttle
+    throttle.check(*keys)
+    doc = await conn.state.db.users.find_one({"email": email})
+    if doc is None or not await verify_password_async(doc.get("password_hash", ""), password):
+        throttle.fail(*keys)
+        raise ApiError(401, "wrong email or password")
+    conn.session.clear()  # a fresh session on every sign-in
+    conn.session.update({"user_id": str(doc["_id"]), "at": int(time.time())})
+    return user_from_doc(doc)
 
 
 async def current_user(conn: HTTPConnection) -> User | None:

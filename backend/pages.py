@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from backend.auth import sign_in
 from backend.errors import ApiError
-from backend.passwords import verify_password_async
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "frontend" / "templates"
 
@@ -29,21 +28,11 @@ async def login_page(request: Request) -> Response:
 
 async def login_form(request: Request) -> Response:
     form = await request.form()
-    email = str(form.get("email", "")).strip().lower()
-    password = str(form.get("password", ""))
-    client = request.client.host if request.client else "unknown"
-    keys = (f"email:{email}", f"ip:{client}")
+    email = str(form.get("email", ""))
     try:
-        request.state.throttle.check(*keys)
+        user = await sign_in(request, email, str(form.get("password", "")))
     except ApiError as exc:
         return request.state.templates.TemplateResponse(
-            request, "login.html", {"error": exc.message, "email": email}, status_code=429)
-    doc = await request.state.db.users.find_one({"email": email})
-    if doc is None or not await verify_password_async(doc.get("password_hash", ""), password):
-        request.state.throttle.fail(*keys)
-        return request.state.templates.TemplateResponse(
-            request, "login.html", {"error": "Wrong email or password.", "email": email},
-            status_code=401)
-    request.session.clear()
-    request.session.update({"user_id": str(doc["_id"]), "at": int(time.time())})
-    return RedirectResponse("/admin" if doc.get("role") == "admin" else "/", status_code=303)
+            request, "login.html", {"error": exc.message, "email": email.strip().lower()},
+            status_code=exc.status)
+    return RedirectResponse("/admin" if user.is_admin else "/", status_code=303)

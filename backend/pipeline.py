@@ -28,7 +28,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from backend.orders import FINAL, apply_transition, now_iso
+from backend.orders import apply_transition, now_iso
 from seed.data import iso
 from streaming import BreakerOpenError, ChangeEngine, ChangeEvent
 
@@ -113,14 +113,14 @@ class Analytics:
     def forget(self, order_id: str) -> None:
         self._orders.pop(order_id, None)
 
-    def snapshot(self, now_iso_text: str | None = None) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         per_status: dict[str, int] = {}
         revenue = 0
         paid_orders = 0
         customers: dict[str, int] = {}
         products: dict[str, int] = {}
         minutes: dict[str, int] = {}
-        cutoff = iso_minutes_ago(60) if now_iso_text is None else now_iso_text
+        cutoff = iso_seconds_ago(3600)
         for status, total, user, items, created in self._orders.values():
             per_status[status] = per_status.get(status, 0) + 1
             if status in self.REVENUE_STATUSES:
@@ -142,10 +142,6 @@ class Analytics:
             "top_products": [{"product_id": p, "quantity": q} for p, q in best],
             "orders_per_minute": [{"minute": m, "orders": n} for m, n in sorted(minutes.items())],
         }
-
-
-def iso_minutes_ago(minutes: float) -> str:
-    return iso_seconds_ago(minutes * 60)
 
 
 def iso_seconds_ago(seconds: float) -> str:
@@ -454,6 +450,3 @@ def _ms_between(start: str, end: str) -> float:
         return 0.0
     return round((b - a).total_seconds() * 1000, 1)
 
-
-def is_final(status: str) -> bool:
-    return status in FINAL

@@ -366,9 +366,9 @@ def _to_mongo(node: Node) -> Document:
 
 def _constraints(node: Node) -> dict[str, frozenset[Any]]:
     """Fields the expression pins to a finite set of values (for routing)."""
-    if isinstance(node, Compare) and node.op == "=" and _hashable(node.value):
+    if isinstance(node, Compare) and node.op == "=" and hashable(node.value):
         return {node.path: frozenset([node.value])}
-    if isinstance(node, In) and not node.negated and all(_hashable(v) for v in node.values):
+    if isinstance(node, In) and not node.negated and all(hashable(v) for v in node.values):
         return {node.path: frozenset(v for v in node.values if v is not None)}
     if isinstance(node, And):
         merged: dict[str, frozenset[Any]] = {}
@@ -383,7 +383,8 @@ def _constraints(node: Node) -> dict[str, frozenset[Any]]:
     return {}
 
 
-def _hashable(value: Any) -> bool:
+def hashable(value: Any) -> bool:
+    """True for the literal types an equality index can key on."""
     return isinstance(value, str | int | float | bool)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from streaming.errors import SubscriptionError
 from streaming.events import ChangeEvent, Changes, diff, full_set, get_path
-from streaming.filters import Filter, Predicate, equals_filter
+from streaming.filters import Filter, Predicate, equals_filter, hashable
 from streaming.metrics import EngineMetrics
 from streaming.types import DeliveryOp, Document, OverflowPolicy
 
@@ -213,9 +213,7 @@ class Subscriber:
         metrics = self.hub.metrics
         queue = self._queue
         if len(queue) < self.maxsize:
-            queue.append(delivery)
-            if len(queue) == 1:
-                self._ready.set()
+            self._put(delivery)
             metrics.deliveries += 1
             if len(queue) > metrics.queue_depth_max:
                 metrics.queue_depth_max = len(queue)
@@ -310,8 +308,8 @@ class _Routes:
         for field, index in self.by_field.items():
             after = get_path(event.doc, field)
             before = get_path(event.before, field)
-            first = index.get(after) if _hashable(after) else None
-            second = index.get(before) if before != after and _hashable(before) else None
+            first = index.get(after) if hashable(after) else None
+            second = index.get(before) if before != after and hashable(before) else None
             if first and second:
                 yield from {**first, **second}
             elif first:
@@ -320,13 +318,9 @@ class _Routes:
                 yield from second
 
 
-def _hashable(value: Any) -> bool:
-    return isinstance(value, str | int | float | bool)
-
-
 def _index_key(sub: Subscription) -> tuple[str | None, frozenset[Any]]:
     for field, value in sub.restriction_fields.items():
-        if _hashable(value):
+        if hashable(value):
             return field, frozenset([value])
     if sub.where is not None:
         for field, values in sub.where.constraints.items():
