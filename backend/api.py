@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from backend import demo
 from backend import orders as order_ops
 from backend.auth import current_user, require_admin, require_user, sign_in
 from backend.errors import ApiError
@@ -170,12 +170,23 @@ async def list_orders(request: Request) -> Response:
     return _page(docs[:limit], seq, offset, limit, len(docs) > limit)
 
 
-async def _visible_order(request: Request, order_id: str) -> tuple[Any, dict[str, Any]]:
+async def visible_order(request: Request, order_id: str) -> tuple[Any, dict[str, Any]]:
+    """The signed-in user and the order, if they may see it (404 otherwise)."""
     user = await require_user(request)
     doc = await request.state.db.orders.find_one({"_id": order_id})
     if doc is None or (not user.is_admin and doc.get("user_id") != user.id):
         raise ApiError(404, f"no order {order_id!r}")  # never confirm another's order exists
     return user, doc
+
+
+async def change_status(request: Request, order_id: str, status: str) -> dict[str, Any]:
+    """An admin moves any order; a customer may only cancel their own."""
+    user, doc = await visible_order(request, order_id)
+    if not user.is_admin and status != "cancelled":
+        raise ApiError(403, "customers may only cancel their orders")
+    updated: dict[str, Any] = await order_ops.transition(
+        request.state.db, request.state.engine, doc["_id"], status, actor=user.role)
+    return updated
 
 
 async def get_order(request: Request) -> Response:
@@ -184,7 +195,7 @@ async def get_order(request: Request) -> Response:
     parameters: [{name: order_id, in: path, required: true, schema: {type: string}}]
     responses: {200: {description: the order}, 401: {description: not signed in}, 404: {description: no such order}}
     """
-    _, doc = await _visible_order(request, request.path_params["order_id"])
+    _, doc = await visible_order(request, request.path_params["order_id"])
     return JSON(doc)
 
 
@@ -218,12 +229,9 @@ async def put_order_status(request: Request) -> Response:
     requestBody: {required: true, content: {application/json: {schema: {type: object, required: [status], properties: {status: {type: string}}}}}}
     responses: {200: {description: the order}, 401: {description: not signed in}, 403: {description: not allowed}, 404: {description: no such order}, 409: {description: illegal transition}, 422: {description: invalid body}}
     """
-    user, doc = await _visible_order(request, request.path_params["order_id"])
+    order_id = request.path_params["order_id"]
     body = await read_body(request, StatusBody)
-    if not user.is_admin and body.status != "cancelled":
-        raise ApiError(403, "customers may only cancel their orders")
-    updated = await order_ops.transition(request.state.db, request.state.engine, doc["_id"],
-                                         body.status, actor=user.role)
+    updated = await change_status(request, order_id, body.status)
     return JSON(updated, headers={"X-Correlation-ID": str(updated.get("correlation_id", ""))})
 
 
@@ -261,18 +269,8 @@ async def simulate_new_order(request: Request) -> Response:
     summary: Demo - place a random order for a random customer (admin)
     responses: {201: {description: the order}, 403: {description: admins only / demo mode only}}
     """
-    admin = await _demo_admin(request)
-    db, engine = request.state.db, request.state.engine
-    customers = await db.users.find({"role": "customer"}, {"_id": 1}).to_list()
-    products = await db.products.find({"stock": {"$gt": 0}}, {"_id": 1}).to_list()
-    if not customers or not products:
-        raise ApiError(409, "no customers or no products in stock to simulate with")
-    rng = random.Random()
-    picks = rng.sample(products, min(len(products), rng.randint(1, 3)))
-    order = await order_ops.create_order(
-        db, engine, user_id=str(rng.choice(customers)["_id"]),
-        items=[(str(p["_id"]), rng.randint(1, 2)) for p in picks],
-        correlation=order_ops.correlation_id(None), actor=admin.role)
+    admin = await demo.demo_admin(request)
+    order = await demo.new_order(request.state.db, request.state.engine, admin)
     return JSON(order, status_code=201)
 
 
@@ -281,16 +279,8 @@ async def simulate_update_stock(request: Request) -> Response:
     summary: Demo - change a random product's stock (admin)
     responses: {200: {description: the product}, 403: {description: admins only / demo mode only}}
     """
-    await _demo_admin(request)
-    db = request.state.db
-    products = await db.products.find({}, {"_id": 1, "stock": 1}).to_list()
-    if not products:
-        raise ApiError(409, "no products to simulate with")
-    product = random.choice(products)
-    delta = random.randint(-min(product["stock"], 15), 25)
-    doc = await order_ops.change_stock(db, request.state.engine, str(product["_id"]),
-                                       delta=delta)
-    return JSON(doc)
+    admin = await demo.demo_admin(request)
+    return JSON(await demo.update_stock(request.state.db, request.state.engine, admin))
 
 
 async def simulate_status_update(request: Request) -> Response:
@@ -298,24 +288,8 @@ async def simulate_status_update(request: Request) -> Response:
     summary: Demo - advance a random order that an admin can advance (admin)
     responses: {200: {description: the order}, 403: {description: admins only / demo mode only}, 409: {description: nothing to advance}}
     """
-    admin = await _demo_admin(request)
-    db = request.state.db
-    candidates = await db.orders.find({"status": {"$in": list(order_ops.ADMIN_NEXT)}},
-                                      {"_id": 1, "status": 1}).limit(200).to_list()
-    if not candidates:
-        raise ApiError(409, "no order is waiting for an admin step")
-    pick = random.choice(candidates)
-    updated = await order_ops.transition(db, request.state.engine, pick["_id"],
-                                         order_ops.ADMIN_NEXT[pick["status"]], actor=admin.role,
-                                         expected=pick["status"])
-    return JSON(updated)
-
-
-async def _demo_admin(request: Request) -> Any:
-    admin = await require_admin(request)
-    if not request.state.settings.demo:
-        raise ApiError(403, "demo controls are off (CHANGECAST_DEMO)")
-    return admin
+    admin = await demo.demo_admin(request)
+    return JSON(await demo.status_update(request.state.db, request.state.engine, admin))
 
 
 async def metrics(request: Request) -> Response:
@@ -328,8 +302,8 @@ async def metrics(request: Request) -> Response:
     snap["connections"] = {"websockets": len(request.state.connections)}
     pipeline = request.state.pipeline
     backlog = 0
+    snap["orders"] = request.state.analytics.snapshot()
     if pipeline is not None:
-        snap["orders"] = pipeline.analytics.snapshot()
         snap["pipeline"] = pipeline.snapshot()
         backlog = snap["pipeline"]["backlog"]
     snap["lag"] = {name: {"lag_ms": w["lag_ms"], "last_change_at": w["last_change_at"],

@@ -13,14 +13,17 @@ from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.schemas import SchemaGenerator
+from starlette.staticfiles import StaticFiles
 
 from backend import api, pages
+from backend.analytics import LiveAnalytics
 from backend.auth import LoginThrottle
 from backend.database import Database, open_database
 from backend.errors import HANDLERS
 from backend.jsonio import JSON
+from backend.live import live_endpoint
 from backend.pipeline import PaymentGateway, Pipeline
 from backend.prometheus import metrics_text
 from backend.security import GuardMiddleware
@@ -109,6 +112,9 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
             stack.push_async_callback(engine.stop)
             await engine.prime("products")
             await engine.prime("users")
+            analytics = LiveAnalytics(engine, db.db)
+            await analytics.start()
+            stack.callback(analytics.stop)
             pipeline = None
             if settings.pipeline_enabled:
                 pipeline = Pipeline(db.db, engine, gateway=PaymentGateway(
@@ -121,7 +127,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
             yield {"database": db, "db": db.db, "engine": engine, "settings": settings,
                    "started": time.monotonic(), "throttle": LoginThrottle(),
                    "templates": pages.make_templates(), "connections": set(),
-                   "pipeline": pipeline}
+                   "pipeline": pipeline, "analytics": analytics}
 
     routes = [
         Route("/api/health", health, methods=["GET"]),
@@ -141,9 +147,26 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
         Route("/api/simulate/status-update", api.simulate_status_update, methods=["POST"]),
         Route("/metrics", metrics_text, methods=["GET"], include_in_schema=False),
         Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        Route("/", pages.page("portal"), methods=["GET"], include_in_schema=False),
+        Route("/admin", pages.page("admin"), methods=["GET"], include_in_schema=False),
+        Route("/dashboard", pages.page("dashboard"), methods=["GET"], include_in_schema=False),
         Route("/login", pages.login_page, methods=["GET"], include_in_schema=False),
         Route("/login", pages.login_form, methods=["POST"], include_in_schema=False),
+        Route("/login/demo", pages.login_demo, methods=["POST"], include_in_schema=False),
+        Route("/logout", pages.logout_form, methods=["POST"], include_in_schema=False),
+        Route("/ui/cart", pages.cart_add, methods=["POST"], include_in_schema=False),
+        Route("/ui/cart/remove", pages.cart_remove, methods=["POST"], include_in_schema=False),
+        Route("/ui/checkout", pages.checkout, methods=["POST"], include_in_schema=False),
+        Route("/ui/orders/{order_id}", pages.order_detail, methods=["GET"],
+              include_in_schema=False),
+        Route("/ui/orders/{order_id}/status", pages.order_status, methods=["POST"],
+              include_in_schema=False),
+        Route("/ui/products/{product_id}/stock", pages.product_stock, methods=["POST"],
+              include_in_schema=False),
+        Route("/ui/simulate/{kind}", pages.simulate, methods=["POST"], include_in_schema=False),
+        Mount("/static", StaticFiles(directory=str(pages.STATIC_DIR)), name="static"),
         WebSocketRoute("/ws", websocket_endpoint),
+        WebSocketRoute("/ws/live/{view}", live_endpoint),
     ]
     middleware = [
         Middleware(GuardMiddleware),

@@ -81,7 +81,12 @@ async def sign_in(conn: HTTPConnection, email: str, password: str) -> User:
     if doc is None or not await verify_password_async(doc.get("password_hash", ""), password):
         throttle.fail(*keys)
         raise ApiError(401, "wrong email or password")
-    conn.session.clear()  # a fresh session on every sign-in
+    return start_session(conn, doc)
+
+
+def start_session(conn: HTTPConnection, doc: dict[str, Any]) -> User:
+    """A fresh session for the user ``doc`` (never reuse the previous one)."""
+    conn.session.clear()
     conn.session.update({"user_id": str(doc["_id"]), "at": int(time.time())})
     return user_from_doc(doc)
 

@@ -76,9 +76,12 @@ async def create_order(db: AsyncDatabase[Document], engine: Any, *, user_id: str
             raise ApiError(422, f"quantity of {product_id!r} must be 1..{MAX_QUANTITY}, "
                                 f"got {quantity}")
         merged[product_id] = merged.get(product_id, 0) + quantity
+    # Prices from the database itself: the cache may be a few milliseconds behind a change.
+    found = {p["_id"]: p async for p in db.products.find(
+        {"_id": {"$in": list(merged)}}, {"name": 1, "price_cents": 1})}
     lines = []
     for product_id, quantity in merged.items():
-        product = await engine.get("products", product_id)
+        product = found.get(product_id)
         if product is None:
             raise ApiError(422, f"unknown product {product_id!r}")
         lines.append({"product_id": product_id, "name": product["name"], "quantity": quantity,

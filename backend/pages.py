@@ -1,38 +1,332 @@
-"""HTML pages (the full portal, console and dashboard arrive with the pages issue)."""
+"""HTML pages (``/``, ``/admin``, ``/dashboard``, ``/login``) and the small ``/ui/*`` actions
+their htmx controls post to.
+
+Actions answer with HTML: the fragment to swap (the cart), or a toast for an
+error (re-targeted to ``#toasts``), or nothing at all, because the change
+itself comes back to every open page over its live socket. They call the same
+functions as the JSON API, so rules and messages are the same.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from backend.auth import sign_in
+from backend import demo
+from backend import orders as order_ops
+from backend.api import change_status, visible_order
+from backend.auth import User, current_user, require_admin, require_user, sign_in, start_session
 from backend.errors import ApiError
+from backend.fragments import configure
+from backend.live import make_fragments
+from backend.views import VIEWS
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "frontend" / "templates"
+ROOT = Path(__file__).resolve().parent.parent / "frontend"
+TEMPLATES_DIR = ROOT / "templates"
+STATIC_DIR = ROOT / "static"
+MAX_FORM = 16 * 1024
+MAX_CART_LINES = order_ops.MAX_ITEMS
+
+
+@lru_cache(maxsize=64)
+def static_url(path: str) -> str:
+    """``/static/<path>?v=<content hash>``: browsers may cache assets for as long as they like."""
+    digest = hashlib.sha256((STATIC_DIR / path).read_bytes()).hexdigest()[:10]
+    return f"/static/{path}?v={digest}"
 
 
 def make_templates() -> Jinja2Templates:
     """Jinja2 with autoescaping on for every template."""
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     templates.env.autoescape = True
+    templates.env.globals["static"] = static_url
+    configure(templates.env)
     return templates
+
+
+def _html(text: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    return HTMLResponse(text, status_code=status, headers=headers)
+
+
+# ---- sign-in ---------------------------------------------------------------------------------
+
+async def _login_context(request: Request) -> dict[str, Any]:
+    demo_users: list[dict[str, Any]] = []
+    if request.state.settings.demo:
+        demo_users = await request.state.db.users.find(
+            {}, {"_id": 0, "email": 1, "name": 1, "role": 1}).sort([("role", 1), ("email", 1)]) \
+            .to_list()
+    return {"error": None, "email": "", "demo_users": demo_users}
 
 
 async def login_page(request: Request) -> Response:
     return request.state.templates.TemplateResponse(request, "login.html",
-                                                    {"error": None, "email": ""})
+                                                    await _login_context(request))
+
+
+def _landing(user: User) -> RedirectResponse:
+    return RedirectResponse("/admin" if user.is_admin else "/", status_code=303)
 
 
 async def login_form(request: Request) -> Response:
-    form = await request.form()
+    form = await _form(request)
     email = str(form.get("email", ""))
     try:
         user = await sign_in(request, email, str(form.get("password", "")))
     except ApiError as exc:
-        return request.state.templates.TemplateResponse(
-            request, "login.html", {"error": exc.message, "email": email.strip().lower()},
-            status_code=exc.status)
-    return RedirectResponse("/admin" if user.is_admin else "/", status_code=303)
+        context = await _login_context(request)
+        context.update(error=exc.message, email=email.strip().lower())
+        return request.state.templates.TemplateResponse(request, "login.html", context,
+                                                        status_code=exc.status)
+    return _landing(user)
+
+
+async def login_demo(request: Request) -> Response:
+    """Demo mode only: one click signs in as the chosen seeded user, no password."""
+    if not request.state.settings.demo:
+        raise ApiError(403, "one-click sign-in is only available in demo mode")
+    form = await _form(request)
+    email = str(form.get("email", "")).strip().lower()
+    doc = await request.state.db.users.find_one({"email": email})
+    if doc is None:
+        raise ApiError(404, f"no demo user {email!r}")
+    return _landing(start_session(request, doc))
+
+
+async def logout_form(request: Request) -> Response:
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+# ---- pages -----------------------------------------------------------------------------------
+
+def page(view_name: str) -> Callable[[Request], Awaitable[Response]]:
+    view_cls = VIEWS[view_name]
+
+    async def endpoint(request: Request) -> Response:
+        user = await current_user(request)
+        if user is None:
+            return RedirectResponse("/login", status_code=303)
+        if not view_cls.allows(user):
+            return request.state.templates.TemplateResponse(
+                request, "error.html", {"title": "Admins only", "user": user,
+                                        "message": "This page is for administrators."},
+                status_code=403)
+        state = request.state
+        seq = state.engine.seq  # before the snapshot: the socket resumes from here
+        view = view_cls(state, user, make_fragments(state),
+                        {"status": request.query_params.get("status", "")})
+        try:
+            context = await view.context()
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        context.update(view=view, user=user, seq=seq, name_of=view.fragments.name_of,
+                       demo_controls=user.is_admin and state.settings.demo)
+        if view.name == "portal":
+            context.update(await cart_context(request))
+        return state.templates.TemplateResponse(request, f"{view.name}.html", context,
+                                                headers={"Cache-Control": "no-store"})
+
+    endpoint.__name__ = f"{view_name}_page"
+    return endpoint
+
+
+# ---- the cart (kept in the signed session cookie) --------------------------------------------
+
+def _cart(request: Request) -> dict[str, int]:
+    raw = request.session.get("cart")
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): int(v) for k, v in raw.items() if isinstance(v, int) and v > 0}
+
+
+async def cart_context(request: Request, message: dict[str, str] | None = None) -> dict[str, Any]:
+    lines = []
+    for product_id, quantity in _cart(request).items():
+        product = await request.state.engine.get("products", product_id)
+        if product is None:
+            continue
+        lines.append({"product_id": product_id, "name": product["name"], "quantity": quantity,
+                      "total_cents": quantity * int(product["price_cents"])})
+    return {"cart_lines": lines, "cart_total": sum(line["total_cents"] for line in lines),
+            "cart_message": message}
+
+
+async def _render_cart(request: Request, message: dict[str, str] | None = None,
+                       status: int = 200) -> Response:
+    context = await cart_context(request, message)
+    return request.state.templates.TemplateResponse(request, "_cart.html", context,
+                                                    status_code=status)
+
+
+def _quantity(value: Any) -> int:
+    try:
+        quantity = int(str(value).strip())
+    except ValueError:
+        raise ApiError(422, f"quantity must be a whole number, got {str(value)[:20]!r}") from None
+    if not 1 <= quantity <= order_ops.MAX_QUANTITY:
+        raise ApiError(422, f"quantity must be 1..{order_ops.MAX_QUANTITY}, got {quantity}")
+    return quantity
+
+
+def _short_of_stock(product: dict[str, Any], wanted: int) -> str | None:
+    stock = int(product.get("stock", 0))
+    if stock <= 0:
+        return f"{product['name']} is out of stock."
+    if wanted > stock:
+        return f"Only {stock} of {product['name']} left in stock (you asked for {wanted})."
+    return None
+
+
+async def cart_add(request: Request) -> Response:
+    await require_user(request)
+    form = await _form(request)
+    cart = _cart(request)
+    try:
+        product_id = str(form.get("product_id", ""))
+        product = await request.state.engine.get("products", product_id)
+        if product is None:
+            raise ApiError(422, f"unknown product {product_id!r}")
+        quantity = _quantity(form.get("quantity", "1"))
+        wanted = cart.get(product_id, 0) + quantity
+        short = _short_of_stock(product, wanted)
+        if short:
+            raise ApiError(409, short)
+        if product_id not in cart and len(cart) >= MAX_CART_LINES:
+            raise ApiError(422, f"a cart holds at most {MAX_CART_LINES} different products")
+    except ApiError as exc:
+        return await _render_cart(request, {"kind": "error", "text": exc.message}, exc.status)
+    cart[product_id] = wanted
+    request.session["cart"] = cart
+    text = f"Added {quantity} of {product['name']} to your cart."
+    return await _render_cart(request, {"kind": "ok", "text": text})
+
+
+async def cart_remove(request: Request) -> Response:
+    await require_user(request)
+    form = await _form(request)
+    cart = _cart(request)
+    cart.pop(str(form.get("product_id", "")), None)
+    request.session["cart"] = cart
+    return await _render_cart(request)
+
+
+async def checkout(request: Request) -> Response:
+    user = await require_user(request)
+    cart = _cart(request)
+    try:
+        if not cart:
+            raise ApiError(422, "Your cart is empty.")
+        for product_id, quantity in cart.items():
+            product = await request.state.engine.get("products", product_id)
+            if product is None:
+                raise ApiError(422, f"{product_id} is no longer sold; remove it from the cart.")
+            short = _short_of_stock(product, quantity)
+            if short:
+                raise ApiError(409, short)
+        order = await order_ops.create_order(
+            request.state.db, request.state.engine, user_id=user.id,
+            items=list(cart.items()), correlation=order_ops.correlation_id(None),
+            actor=user.role)
+    except ApiError as exc:
+        return await _render_cart(request, {"kind": "error", "text": exc.message}, exc.status)
+    request.session["cart"] = {}
+    return await _render_cart(request, {"kind": "ok", "text": f"Order {order['_id']} placed. "
+                                        "Follow it under My orders."}, 201)
+
+
+# ---- admin and customer actions --------------------------------------------------------------
+
+def toast_response(request: Request, message: str, kind: str, status: int) -> Response:
+    """A toast appended to ``#toasts``, whatever the control's own target was."""
+    html = make_fragments(request.state).render("_toast.html", None, message=message, kind=kind)
+    return _html(html, status, {"HX-Retarget": "#toasts", "HX-Reswap": "beforeend"})
+
+
+def action(handler: Callable[[Request], Awaitable[str | None]]) \
+        -> Callable[[Request], Awaitable[Response]]:
+    """An htmx action: 200 with an optional confirmation toast, or an error toast; a
+    signed-out user is sent to the sign-in page."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            done = await handler(request)
+        except ApiError as exc:
+            if exc.status == 401:
+                return Response(status_code=401, headers={"HX-Redirect": "/login"})
+            return toast_response(request, exc.message, "error", exc.status)
+        if done is None:
+            return Response(status_code=204)
+        return toast_response(request, done, "ok", 200)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+@action
+async def order_status(request: Request) -> str | None:
+    form = await _form(request)
+    status = str(form.get("status", ""))
+    await change_status(request, request.path_params["order_id"], status)
+    return None
+
+
+def _whole(value: Any, name: str) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ApiError(422, f"{name} must be a whole number, got {str(value)[:20]!r}") from None
+
+
+@action
+async def product_stock(request: Request) -> str | None:
+    await require_admin(request)
+    form = await _form(request)
+    stock = form.get("stock")
+    delta = form.get("delta")
+    await order_ops.change_stock(
+        request.state.db, request.state.engine, request.path_params["product_id"],
+        stock=_whole(stock, "stock") if stock not in (None, "") else None,
+        delta=_whole(delta, "delta") if delta not in (None, "") else None)
+    return None
+
+
+@action
+async def simulate(request: Request) -> str | None:
+    admin = await demo.demo_admin(request)
+    kind = request.path_params["kind"]
+    run = demo.SIMULATIONS.get(kind)
+    if run is None:
+        raise ApiError(404, f"unknown simulation {kind!r}; expected one of {', '.join(demo.KINDS)}")
+    doc = await run(request.state.db, request.state.engine, admin)
+    if kind == "update-stock":
+        return f"Stock of {doc['name']} is now {doc['stock']}."
+    if kind == "new-order":
+        return f"Simulated order {doc['_id']}."
+    return f"Order {doc['_id']} is now {doc['status']}."
+
+
+async def order_detail(request: Request) -> Response:
+    try:
+        _, order = await visible_order(request, request.path_params["order_id"])
+    except ApiError as exc:
+        return toast_response(request, exc.message, "error", exc.status)
+    audit = await request.state.db.audit.find({"order_id": order["_id"]}) \
+        .sort([("at", 1), ("_id", 1)]).to_list()
+    html = make_fragments(request.state).order_detail(order, audit)
+    return _html(html, headers={"Cache-Control": "no-store"})
+
+
+async def _form(request: Request) -> FormData:
+    if int(request.headers.get("content-length") or 0) > MAX_FORM:
+        raise ApiError(413, f"form is larger than {MAX_FORM} bytes")
+    return await request.form(max_files=0, max_fields=50)
+

@@ -28,8 +28,8 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from backend.analytics import iso_seconds_ago
 from backend.orders import apply_transition, now_iso
-from seed.data import iso
 from streaming import BreakerOpenError, ChangeEngine, ChangeEvent
 
 logger = logging.getLogger("changecast.pipeline")
@@ -91,67 +91,8 @@ class PaymentGateway:
         return PaymentResult(False, None, "card declined", duration)
 
 
-class Analytics:
-    """Revenue, counts, top customers and products, orders per minute; kept from events."""
-
-    REVENUE_STATUSES = frozenset({"paid", "processing", "shipped", "delivered"})
-
-    def __init__(self) -> None:
-        self._orders: dict[str, tuple[str, int, str, tuple[tuple[str, int], ...], str]] = {}
-
-    def rebuild(self, orders: list[Document]) -> None:
-        self._orders.clear()
-        for order in orders:
-            self.observe(order)
-
-    def observe(self, order: Document) -> None:
-        items = tuple((str(i["product_id"]), int(i["quantity"])) for i in order.get("items", []))
-        self._orders[str(order["_id"])] = (order["status"], int(order.get("total_cents", 0)),
-                                           str(order.get("user_id")), items,
-                                           str(order.get("created_at", "")))
-
-    def forget(self, order_id: str) -> None:
-        self._orders.pop(order_id, None)
-
-    def snapshot(self) -> dict[str, Any]:
-        per_status: dict[str, int] = {}
-        revenue = 0
-        paid_orders = 0
-        customers: dict[str, int] = {}
-        products: dict[str, int] = {}
-        minutes: dict[str, int] = {}
-        cutoff = iso_seconds_ago(3600)
-        for status, total, user, items, created in self._orders.values():
-            per_status[status] = per_status.get(status, 0) + 1
-            if status in self.REVENUE_STATUSES:
-                revenue += total
-                paid_orders += 1
-                customers[user] = customers.get(user, 0) + total
-                for product, quantity in items:
-                    products[product] = products.get(product, 0) + quantity
-            if created >= cutoff:
-                minute = created[:16]
-                minutes[minute] = minutes.get(minute, 0) + 1
-        top = sorted(customers.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
-        best = sorted(products.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
-        return {
-            "orders": len(self._orders), "revenue_cents": revenue,
-            "average_order_value_cents": round(revenue / paid_orders) if paid_orders else 0,
-            "per_status": dict(sorted(per_status.items())),
-            "top_customers": [{"user_id": u, "revenue_cents": r} for u, r in top],
-            "top_products": [{"product_id": p, "quantity": q} for p, q in best],
-            "orders_per_minute": [{"minute": m, "orders": n} for m, n in sorted(minutes.items())],
-        }
-
-
-def iso_seconds_ago(seconds: float) -> str:
-    from datetime import UTC, datetime, timedelta
-
-    return iso(datetime.now(UTC) - timedelta(seconds=seconds))
-
-
 class Pipeline:
-    """Workers, payment, notifications, audit, analytics and the reconciler of one instance."""
+    """Workers, payment, notifications, audit and the reconciler of one instance."""
 
     def __init__(self, db: AsyncDatabase[Document], engine: ChangeEngine, *,
                  gateway: PaymentGateway | None = None, reconcile_after_s: float = 30.0,
@@ -161,7 +102,6 @@ class Pipeline:
         self.gateway = gateway or PaymentGateway()
         self.reconcile_after_s = reconcile_after_s
         self.instance = instance or uuid.uuid4().hex[:8]
-        self.analytics = Analytics()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._in_flight: set[str] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -176,8 +116,7 @@ class Pipeline:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild analytics, listen to changes, pick up unfinished orders, start the sweeps."""
-        self.analytics.rebuild(await self.db.orders.find({}).to_list())
+        """Listen to changes, pick up unfinished orders, start the sweeps."""
         self._admins = [str(u["_id"]) async for u in self.db.users.find({"role": "admin"},
                                                                         {"_id": 1})]
         self._unlisten = self.engine.listen(self._on_change)
@@ -212,14 +151,11 @@ class Pipeline:
 
     def _on_change(self, event: ChangeEvent) -> None:
         if event.collection == "orders" and event.doc is not None:
-            self.analytics.observe(event.doc)
             status = event.doc.get("status")
             if status in AUTOMATIC:
                 self._queue.put_nowait(str(event.key))
             if event.op == "insert" or (event.changes and "status" in event.changes.set):
                 self._spawn(self._record_transition(event.doc))
-        elif event.collection == "orders" and event.op == "delete":
-            self.analytics.forget(str(event.key))
         elif event.collection == "products" and event.doc is not None:
             self._check_stock(event)
 

@@ -57,13 +57,12 @@ class ChangeCastCollector(Collector):
             if watcher["lag_ms"] is not None:
                 lag.add_metric([name], watcher["lag_ms"])
         yield lag
+        orders = GaugeMetricFamily("changecast_orders", "Orders per status", labels=["status"])
+        for status, count in self.state.analytics.snapshot()["per_status"].items():
+            orders.add_metric([status], count)
+        yield orders
         pipeline = self.state.pipeline
         if pipeline is not None:
-            orders = GaugeMetricFamily("changecast_orders", "Orders per status",
-                                       labels=["status"])
-            for status, count in pipeline.analytics.snapshot()["per_status"].items():
-                orders.add_metric([status], count)
-            yield orders
             stages = GaugeMetricFamily("changecast_stage_duration_ms",
                                        "Average pipeline stage duration", labels=["stage"])
             for stage, figures in pipeline.snapshot()["stages"].items():

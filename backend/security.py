@@ -13,6 +13,7 @@ from backend.errors import error_response
 from streaming import BreakerOpenError
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+GUARDED_PREFIXES = ("/api/", "/ui/")  # JSON API and the pages' htmx actions
 UNGUARDED = {"/api/health", "/api/metrics"}  # must answer while the database is down
 # PyMongo's own deadline for an API request's database calls, and a hard cap on top:
 # its server selection re-checks only every 0.5 s, so alone it can overrun to ~1 s.
@@ -56,7 +57,7 @@ class GuardMiddleware:
             response = error_response(403, "cross_origin", "cross-origin request refused")
             await response(scope, receive, send)
             return
-        if scope["path"].startswith("/api/") and scope["path"] not in UNGUARDED:
+        if scope["path"].startswith(GUARDED_PREFIXES) and scope["path"] not in UNGUARDED:
             await self._guarded(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -64,13 +64,13 @@ def _error(code: str, message: str, sub_id: Any = None) -> dict[str, Any]:
     return body
 
 
-class Connection:
-    """One WebSocket client."""
+class Session:
+    """A WebSocket client with one hub subscriber: the reader handles what the client sends
+    while a sender task drains the subscriber's queue; when the client leaves, both end."""
 
-    def __init__(self, websocket: WebSocket, subscriber: Subscriber, user: User | None) -> None:
+    def __init__(self, websocket: WebSocket, subscriber: Subscriber) -> None:
         self.websocket = websocket
         self.subscriber = subscriber
-        self.user = user
         self.engine = websocket.state.engine
 
     async def run(self) -> None:
@@ -90,6 +90,20 @@ class Connection:
             except (WebSocketDisconnect, RuntimeError, KeyError):
                 return
             self._handle(raw)
+
+    def _handle(self, raw: str) -> None:
+        raise NotImplementedError
+
+    async def _send_loop(self) -> None:
+        raise NotImplementedError
+
+
+class Connection(Session):
+    """One ``/ws`` client (the JSON contract)."""
+
+    def __init__(self, websocket: WebSocket, subscriber: Subscriber, user: User | None) -> None:
+        super().__init__(websocket, subscriber)
+        self.user = user
 
     def _handle(self, raw: str) -> None:
         if len(raw) > MAX_MESSAGE:

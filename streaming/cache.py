@@ -82,6 +82,11 @@ class DocumentCache:
             return _ABSENT
         return entry[0]
 
+    def peek(self, collection: str, key: Any) -> Document | None:
+        """The cached version of a document, if any: no load, no hit or miss counted."""
+        entry = self._data.get((collection, key))
+        return entry[0] if entry is not None else None
+
     def prime(self, collection: str, docs: list[Document]) -> None:
         """Seed stream versions from a snapshot read after the stream was opened."""
         if len(docs) > self._data.maxsize:

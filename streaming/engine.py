@@ -168,6 +168,7 @@ class ChangeEngine:
         data["seq"] = self.hub.seq
         data["subscribers"] = self.hub.subscriber_count
         data["subscriptions"] = self.hub.subscription_count()
+        data["queued"] = self.hub.queued()
         data["cache"] = self.cache.stats()
         data["breaker"] = {"state": self.breaker.state.value,
                            "opened": self.breaker.opened_count}

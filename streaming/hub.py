@@ -362,6 +362,10 @@ class Hub:
         """Open subscribers."""
         return len(self._subscribers)
 
+    def queued(self) -> int:
+        """Deliveries waiting in subscriber queues right now (consumer lag, in changes)."""
+        return sum(len(s) for s in self._subscribers)
+
     def subscription_count(self) -> int:
         """Active subscriptions across all subscribers."""
         return sum(len(s.subscriptions) for s in self._subscribers)

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from pymongo import AsyncMongoClient
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from backend.app import create_app
-from backend.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings
-from tests.support.server import running
+from backend.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD
+from tests.support.clients import Clients, harness
 from tests.support.views import apply_changes
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
@@ -27,24 +24,17 @@ A_ID, B_ID = "user-customer01", "user-customer02"
 SEEN: list[str] = []  # every response body and WebSocket frame, scanned for secrets at the end
 
 
-class Api:
-    def __init__(self, base: str, db: Any) -> None:
-        self.base = base
-        self.db = db
-        self.clients: dict[str, httpx.AsyncClient] = {}
+class Api(Clients):
+    """Signed in through ``POST /api/login``; every response is kept for the secrets scan."""
 
-    async def client(self, who: str) -> httpx.AsyncClient:
-        if who not in self.clients:
-            client = httpx.AsyncClient(base_url=self.base, timeout=10,
-                                       event_hooks={"response": [self._record]})
-            if who != "anon":
-                email = "admin@example.com" if who == "admin" else who
-                password = DEFAULT_ADMIN_PASSWORD if who == "admin" else DEFAULT_DEMO_PASSWORD
-                response = await client.post("/api/login",
-                                             json={"email": email, "password": password})
-                assert response.status_code == 200, response.text
-            self.clients[who] = client
-        return self.clients[who]
+    def options(self) -> dict[str, Any]:
+        return {"event_hooks": {"response": [self._record]}}
+
+    async def sign_in(self, client: httpx.AsyncClient, who: str) -> None:
+        email = "admin@example.com" if who == "admin" else who
+        password = DEFAULT_ADMIN_PASSWORD if who == "admin" else DEFAULT_DEMO_PASSWORD
+        response = await client.post("/api/login", json={"email": email, "password": password})
+        assert response.status_code == 200, response.text
 
     @staticmethod
     async def _record(response: httpx.Response) -> None:
@@ -55,10 +45,7 @@ class Api:
         return self.base.replace("http://", "ws://") + "/ws"
 
     async def ws(self, who: str) -> ClientConnection:
-        client = await self.client(who)
-        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
-        return await connect(self.ws_url(), origin=self.base,  # type: ignore[arg-type]
-                             additional_headers={"Cookie": cookie} if cookie else None)
+        return await self.socket(who, "/ws")
 
 
 async def recv(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
@@ -77,17 +64,10 @@ async def recv_until(ws: ClientConnection, predicate: Any, timeout: float = 5) -
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def api(nx_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    settings = Settings(mongodb_uri=nx_uri, db_name="api" + uuid.uuid4().hex[:8],
-                        data_dir=tmp_path_factory.mktemp("api"), demo=True,
-                        pipeline_enabled=False,  # the API alone: orders stay where we put them
-                        secret_key="s" * 48)
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(nx_uri, tz_aware=True)
-    async with running(create_app(settings)) as base:
-        harness = Api(base, mongo[settings.db_name])
-        yield harness
-        for client in harness.clients.values():
-            await client.aclose()
-    await mongo.close()
+    # The API alone (no pipeline): orders stay where we put them.
+    async with harness(Api, nx_uri, tmp_path_factory.mktemp("api"),
+                       pipeline_enabled=False) as clients:
+        yield clients
 
 
 # ---- products ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
+from backend.analytics import LiveAnalytics
 from backend.orders import create_order
 from backend.pipeline import AUTOMATIC, PaymentGateway, Pipeline
 from streaming import ChangeEngine
@@ -88,13 +89,21 @@ async def test_pipeline_500_orders_20_customers_end_states_stock_and_trails(
     initial = {f"P{i:02d}": 120 for i in range(12)} | {"SCARCE": 5}
     await setup(db, initial)
     engine, pipeline = await start_instance(mongo, db_name)
+    live = LiveAnalytics(engine, db)
+    await live.start()
     try:
         await place(db, engine, 500, list(initial), random.Random(3))
         orders = await settled(db, 500)
+        statuses = Counter(o["status"] for o in orders)
+        # The figures follow the change stream: they reach the database's final state.
+        async with asyncio.timeout(10):
+            version = live.version
+            while live.snapshot()["per_status"] != dict(sorted(statuses.items())):
+                version = await live.changed(version)
     finally:
+        live.stop()
         await pipeline.stop()
         await engine.stop()
-    statuses = Counter(o["status"] for o in orders)
     assert set(statuses) <= {"processing", "rejected", "payment_failed"}
     reserved = statuses["processing"] + statuses["payment_failed"]
     assert 0.8 <= statuses["processing"] / reserved <= 0.97, statuses
@@ -112,7 +121,7 @@ async def test_pipeline_500_orders_20_customers_end_states_stock_and_trails(
     notes = await db.notifications.find({}).to_list()
     check_trails(orders, audit, notes)
     assert any(n["kind"] == "sold_out" and n["user_id"] == "user-admin" for n in notes)
-    analytics = pipeline.analytics.snapshot()
+    analytics = live.snapshot()
     assert analytics["orders"] == 500
     assert analytics["per_status"] == dict(sorted(statuses.items()))
     assert analytics["revenue_cents"] == sum(o["total_cents"] for o in orders

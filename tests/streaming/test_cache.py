@@ -77,3 +77,16 @@ async def test_cache_loaded_versions_are_not_used_as_diff_base() -> None:
 def test_cache_rejects_bad_size() -> None:
     with pytest.raises(ValueError, match="maxsize"):
         DocumentCache(maxsize=0)
+
+
+async def test_cache_peek_never_loads_nor_counts() -> None:
+    async def loader(collection: str, key: Any) -> dict[str, Any]:
+        raise AssertionError("peek must not load")
+
+    cache = DocumentCache(maxsize=10, loader=loader)
+    assert cache.peek("users", "u1") is None
+    cache.apply(event("insert", "u1", {"_id": "u1", "name": "Ada"}))
+    assert cache.peek("products", "u1") == {"_id": "u1", "name": "Ada"}
+    cache.apply(event("delete", "u1", None))
+    assert cache.peek("products", "u1") is None
+    assert cache.stats()["hits"] == 0 and cache.stats()["misses"] == 0

@@ -219,3 +219,15 @@ async def test_subscriber_get_batch_waits_for_a_delivery() -> None:
         publish(hub, "insert", "a", {"_id": "a"})
         assert [d.to_message()["key"] for d in await sub.get_batch()] == ["a"]
     assert sub.closed and hub.subscriber_count == 0
+
+
+def test_hub_queued_counts_undelivered_changes_across_subscribers() -> None:
+    hub = make_hub()
+    first, second = hub.subscriber(), hub.subscriber()
+    first.subscribe("s", "orders")
+    second.subscribe("s", "orders", where=compile_filter("status = 'paid'"))
+    assert hub.queued() == 2  # the two "subscribed" messages
+    publish(hub, "insert", "a", {"_id": "a", "status": "pending"})
+    assert hub.queued() == 3  # only the unfiltered subscriber wants it
+    first.drain()
+    assert hub.queued() == 1

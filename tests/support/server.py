@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import uvicorn
+from pymongo import AsyncMongoClient
 from starlette.types import ASGIApp
 
+from backend.app import create_app
+from backend.settings import Settings
 from tests.conftest import free_port
 
 
@@ -31,3 +37,20 @@ async def running(app: ASGIApp) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def serve_site(nx_uri: str, data_dir: Path, *,
+                     wrap: Callable[[ASGIApp], ASGIApp] | None = None,
+                     **overrides: Any) -> AsyncIterator[tuple[str, Any]]:
+    """The whole app (demo mode, its own database) on a real socket: (base URL, database)."""
+    settings = Settings(**{"mongodb_uri": nx_uri, "db_name": "t" + uuid.uuid4().hex[:10],
+                           "data_dir": data_dir, "demo": True, "secret_key": "s" * 48,
+                           **overrides})
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(nx_uri, tz_aware=True)
+    app = create_app(settings)
+    try:
+        async with running(wrap(app) if wrap else app) as base:
+            yield base, mongo[settings.db_name]
+    finally:
+        await mongo.close()

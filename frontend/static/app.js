@@ -1,0 +1,201 @@
+/* ChangeCast pages: the few things htmx does not do by itself.
+ *
+ * - resume: every (re)connection of the live socket carries the last seq the page applied
+ *   (#cc-seq, advanced by the server's own fragments) and the admin's status filter;
+ * - the connection indicator: connecting / live / reconnecting / offline;
+ * - the cc-live extension: upsert and if-present swaps (see backend/fragments.py);
+ * - toasts for errors and notifications; the order-trend chart (uPlot).
+ */
+(function () {
+  'use strict'
+
+  // ---- reconnect fast, with jitter, capped ---------------------------------------------------
+  htmx.config.wsReconnectDelay = function (retry) {
+    var ceiling = Math.min(5000, 250 * Math.pow(2, retry))
+    return ceiling / 2 + Math.random() * ceiling / 2
+  }
+
+  htmx.createWebSocket = function (url) {
+    var target = new URL(url)
+    var marker = document.getElementById('cc-seq')
+    if (marker && marker.dataset.seq) target.searchParams.set('resume_from', marker.dataset.seq)
+    var filter = document.getElementById('status-filter')
+    if (filter && filter.value) target.searchParams.set('status', filter.value)
+    var socket = new WebSocket(target.toString())
+    socket.binaryType = htmx.config.wsBinaryType
+    return socket
+  }
+
+  // ---- connection indicator ------------------------------------------------------------------
+  var RETRIED = [1006, 1011, 1012, 1013]
+  var everOpen = false
+
+  function setConnection (state, text) {
+    var conn = document.getElementById('conn')
+    if (!conn) return
+    conn.dataset.state = state
+    conn.querySelector('.conn-label').textContent = text
+    document.body.dataset.connection = state
+  }
+
+  document.addEventListener('htmx:wsConnecting', function () {
+    if (!navigator.onLine) setConnection('offline', 'Offline')
+    else if (everOpen) setConnection('reconnecting', 'Reconnecting…')
+  })
+  document.addEventListener('htmx:wsOpen', function () {
+    everOpen = true
+    setConnection('connected', 'Live')
+  })
+  document.addEventListener('htmx:wsClose', function (evt) {
+    var code = evt.detail.event && evt.detail.event.code
+    if (RETRIED.indexOf(code) >= 0) {
+      setConnection(navigator.onLine ? 'reconnecting' : 'offline',
+        navigator.onLine ? 'Reconnecting…' : 'Offline')
+    } else {
+      var reason = (evt.detail.event && evt.detail.event.reason) || 'closed'
+      setConnection('offline', 'Disconnected: ' + reason)
+    }
+  })
+  // The indicator follows the socket itself: browsers may keep a socket open while they
+  // report being offline, and updates still flow on it.
+
+  // ---- cc-live: upsert and if-present swaps --------------------------------------------------
+  var pendingRefresh = null
+
+  htmx.defineExtension('cc-live', {
+    transformResponse: function (text) {
+      var template = document.createElement('template')
+      template.innerHTML = text
+      var detail = document.getElementById('order-detail')
+      var watched = detail && detail.dataset.row
+      Array.prototype.slice.call(template.content.children).forEach(function (el) {
+        var present = el.id ? document.getElementById(el.id) : null
+        if (el.hasAttribute('data-if-present') && !present) {
+          el.remove()
+          return
+        }
+        if (watched && el.id === watched) pendingRefresh = detail
+        var upsert = el.getAttribute('data-upsert')
+        if (!upsert) return
+        el.removeAttribute('data-upsert')
+        if (present) {
+          el.setAttribute('hx-swap-oob', 'true')
+          return
+        }
+        var wrapper = document.createElement(el.tagName === 'LI' ? 'ul' : 'div')
+        wrapper.setAttribute('hx-swap-oob', upsert)
+        el.replaceWith(wrapper)
+        wrapper.appendChild(el)
+      })
+      return template.innerHTML
+    }
+  })
+
+  document.addEventListener('htmx:wsAfterMessage', function () {
+    if (pendingRefresh && document.body.contains(pendingRefresh)) {
+      htmx.trigger(pendingRefresh, 'cc:refresh')
+    }
+    pendingRefresh = null
+    trimRows('orders-body', 100)
+    trimRows('notifications', 30)
+    updateTrend()
+  })
+
+  function trimRows (id, keep) {
+    var list = document.getElementById(id)
+    while (list && list.children.length > keep) list.lastElementChild.remove()
+  }
+
+  // ---- toasts --------------------------------------------------------------------------------
+  function toast (message, kind) {
+    var box = document.getElementById('toasts')
+    if (!box) return
+    var item = document.createElement('div')
+    item.className = 'toast toast-' + (kind || 'info')
+    item.setAttribute('role', kind === 'error' ? 'alert' : 'status')
+    var text = document.createElement('span')
+    text.textContent = message
+    var close = document.createElement('button')
+    close.type = 'button'
+    close.className = 'toast-close'
+    close.setAttribute('aria-label', 'Dismiss')
+    close.textContent = '×'
+    item.appendChild(text)
+    item.appendChild(close)
+    box.appendChild(item)
+    armToasts()
+  }
+
+  function armToasts () {
+    var box = document.getElementById('toasts')
+    if (!box) return
+    var toasts = box.querySelectorAll('.toast')
+    for (var i = 0; i < toasts.length - 4; i++) toasts[i].remove() // at most 4 on screen
+    box.querySelectorAll('.toast:not([data-armed])').forEach(function (item) {
+      item.dataset.armed = '1'
+      setTimeout(function () { item.remove() }, item.classList.contains('toast-error') ? 9000 : 6000)
+    })
+  }
+
+  document.addEventListener('click', function (evt) {
+    var close = evt.target.closest && evt.target.closest('.toast-close')
+    if (close) close.closest('.toast').remove()
+  })
+  document.addEventListener('htmx:afterSettle', armToasts)
+  document.addEventListener('htmx:oobAfterSwap', armToasts)
+
+  // Error fragments (HTML) are swapped like successes; JSON errors become toasts.
+  document.addEventListener('htmx:beforeSwap', function (evt) {
+    var xhr = evt.detail.xhr
+    var type = xhr.getResponseHeader('Content-Type') || ''
+    if (xhr.status >= 400 && type.indexOf('text/html') === 0) {
+      evt.detail.shouldSwap = true
+      evt.detail.isError = false
+    }
+  })
+  document.addEventListener('htmx:responseError', function (evt) {
+    var xhr = evt.detail.xhr
+    var message = 'The server answered ' + xhr.status
+    try {
+      message = JSON.parse(xhr.responseText).error.message
+    } catch (ignored) {}
+    toast(message, 'error')
+  })
+  document.addEventListener('htmx:sendError', function () {
+    toast('Could not reach the server; check the connection and try again.', 'error')
+  })
+
+  // ---- the order trend (dashboard) -----------------------------------------------------------
+  var chart = null
+  var lastPoints = null
+
+  function updateTrend () {
+    var data = document.getElementById('trend-data')
+    var box = document.getElementById('trend-chart')
+    if (!data || !box || typeof uPlot === 'undefined') return
+    var raw = data.dataset.points
+    if (raw === lastPoints && chart) return
+    lastPoints = raw
+    var points = JSON.parse(raw)
+    if (chart) {
+      chart.setData(points)
+      return
+    }
+    chart = new uPlot({
+      width: Math.max(280, box.clientWidth),
+      height: 220,
+      scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, Math.max(4, max + 1)] } } },
+      axes: [{ stroke: '#5b6475' }, { stroke: '#5b6475' }],
+      legend: { show: false },
+      series: [{}, { label: 'Orders', stroke: '#2447b3', width: 2, fill: 'rgba(36, 71, 179, 0.12)', points: { show: false } }]
+    }, points, box)
+    window.addEventListener('resize', function () {
+      chart.setSize({ width: Math.max(280, box.clientWidth), height: 220 })
+    })
+  }
+
+  document.addEventListener('DOMContentLoaded', function () {
+    updateTrend()
+    armToasts()
+  })
+})()

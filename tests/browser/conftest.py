@@ -1,0 +1,109 @@
+"""A live site (app + pipeline on the embedded server) and Debian's Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tests.support.server import serve_site
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+ADMIN = "admin@example.com"
+DESKTOP = {"width": 1440, "height": 1000}
+PHONE = {"width": 375, "height": 812}
+
+
+@dataclass
+class Site:
+    base: str
+    db: Any
+    front: Front
+    page_errors: list[str] = field(default_factory=list)  # uncaught exceptions, any page
+    console_errors: dict[int, list[str]] = field(default_factory=dict)  # per page
+    contexts: list[BrowserContext] = field(default_factory=list)
+
+    def live_connections(self, view: str, email: str) -> list[Any]:
+        return [c for c in self.front.state["connections"]
+                if getattr(c, "view", None) is not None and c.view.name == view
+                and c.view.user.email == email]
+
+
+class Front:
+    """In front of the app: keeps the lifespan state (the dict every request sees) and can
+    refuse the pages' socket handshakes for a while, like a proxy that lost the backend."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+        self.refuse_live = False
+        self.refused = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            self.state = scope["state"]
+        elif scope["type"] == "websocket" and self.refuse_live \
+                and scope["path"].startswith("/ws/live/"):
+            self.refused += 1
+            await send({"type": "websocket.close", "code": 1013})  # before accept: HTTP 403
+            return
+        await self.app(scope, receive, send)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def site(nx_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
+    front: Front | None = None
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        nonlocal front
+        front = Front(app)
+        return front
+
+    async with serve_site(nx_uri, tmp_path_factory.mktemp("web"), wrap=wrap,
+                          pipeline_enabled=True, payment_success_rate=1.0,
+                          payment_latency_ms=(20, 60)) as (base, db):
+        assert front is not None
+        yield Site(base, db, front)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        await chromium.close()
+
+
+async def open_page(browser: Browser, site: Site, email: str, path: str, *,
+                    viewport: dict[str, int] = DESKTOP) -> Page:
+    """A new browser context signed in (one click, demo mode) and showing ``path`` live."""
+    context = await browser.new_context(viewport=viewport)  # type: ignore[arg-type]
+    site.contexts.append(context)
+    page = await context.new_page()
+    page.set_default_timeout(10_000)
+    errors = site.console_errors.setdefault(id(page), [])
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: site.page_errors.append(f"{path}: {e}"))
+    await page.goto(site.base + "/login")
+    await page.locator(f"form[action='/login/demo']:has(input[value='{email}']) button").click()
+    await page.wait_for_url(re.compile(r".*/(admin)?$"))
+    if not page.url.endswith(path):
+        await page.goto(site.base + path)
+    await page.locator("#conn[data-state=connected]").wait_for()
+    await page.evaluate("window.__sameDocument = true")  # gone if the page ever reloads
+    return page
+
+
+async def same_document(page: Page) -> bool:
+    return bool(await page.evaluate("window.__sameDocument === true"))
