@@ -122,8 +122,15 @@ async def test_admin_advancing_status_updates_customer_timeline_and_notification
     order = await site.db.orders.find_one({"_id": order_id})
     await expect(detail).to_contain_text(order["correlation_id"])
     await expect(detail.locator(".audit li")).to_have_count(5, timeout=5_000)
+    # Filter the table to shipped orders (sent over the socket): the row stays, others go;
+    # delivering it makes it leave the filtered table live.
+    await admin.get_by_label("Status", exact=True).select_option("shipped")
+    await expect(admin.locator("#orders-body [data-status]:not([data-status=shipped])")) \
+        .to_have_count(0, timeout=LIVE)
+    await expect(row).to_be_visible()
     await row.get_by_role("button", name=f"Mark delivered: {order_id}").click()
     await expect(detail.locator(".pill").first).to_have_text("Delivered", timeout=2 * LIVE)
+    await expect(row).to_have_count(0, timeout=LIVE)
     assert await same_document(customer) and await same_document(admin)
 
 
