@@ -23,7 +23,7 @@ from backend.auth import LoginThrottle
 from backend.database import Database, open_database
 from backend.errors import HANDLERS
 from backend.jsonio import JSON
-from backend.live import live_endpoint
+from backend.live import RenderCache, live_endpoint
 from backend.pipeline import PaymentGateway, Pipeline
 from backend.prometheus import metrics_text
 from backend.security import GuardMiddleware
@@ -127,7 +127,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
             yield {"database": db, "db": db.db, "engine": engine, "settings": settings,
                    "started": time.monotonic(), "throttle": LoginThrottle(),
                    "templates": pages.make_templates(), "connections": set(),
-                   "pipeline": pipeline, "analytics": analytics}
+                   "pipeline": pipeline, "analytics": analytics, "renders": RenderCache()}
 
     routes = [
         Route("/api/health", health, methods=["GET"]),

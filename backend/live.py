@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -27,7 +28,7 @@ from backend.auth import current_user
 from backend.fragments import Fragments
 from backend.views import VIEWS, DashboardView, Sub, View, status_filter, system_figures
 from backend.ws import Session
-from streaming import Subscriber
+from streaming import Delivery, Subscriber
 
 logger = logging.getLogger("changecast.live")
 
@@ -35,6 +36,34 @@ MAX_CLIENT_MESSAGE = 4 * 1024
 SYSTEM_EVERY_S = 1.0
 KPI_MIN_INTERVAL_S = 0.2
 TREND_EVERY_S = 15.0
+
+
+class RenderCache:
+    """What a change renders to on one kind of page does not depend on who is watching
+    (restrictions decide *whether* a page gets it, not *how* it looks), so a thousand open
+    portals showing one stock change cost one template render, not a thousand."""
+
+    def __init__(self, maxsize: int = 2048) -> None:
+        self.maxsize = maxsize
+        self._rendered: OrderedDict[tuple[str, str | None, int], list[str]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def render(self, view: View, delivery: Delivery) -> list[str]:
+        if delivery.event is None:
+            return view.render(delivery)
+        key = (view.name, delivery.op, delivery.event.seq)
+        parts = self._rendered.get(key)
+        if parts is not None:
+            self._rendered.move_to_end(key)
+            self.hits += 1
+            return parts
+        self.misses += 1
+        parts = view.render(delivery)
+        self._rendered[key] = parts
+        if len(self._rendered) > self.maxsize:
+            self._rendered.popitem(last=False)
+        return parts
 
 
 def make_fragments(state: Any) -> Fragments:
@@ -56,6 +85,7 @@ class LiveConnection(Session):
         self.view = view
         self.fragments = view.fragments
         self.metrics = self.engine.metrics
+        self.renders: RenderCache = websocket.state.renders
         self.subs: dict[str, Sub] = {}
 
     def subscribe_all(self, resume_from: int | None) -> None:
@@ -112,7 +142,7 @@ class LiveConnection(Session):
             for delivery in batch:
                 message = delivery.message
                 if message is None:
-                    parts.extend(self.view.render(delivery))
+                    parts.extend(self.renders.render(self.view, delivery))
                     if delivery.event is not None:
                         seq = delivery.event.seq
                         self.metrics.delivery.observe(max(0.0, now - delivery.event.at))

@@ -6,7 +6,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -44,7 +49,12 @@ class ChangeCastCollector(Collector):
                                 value=BREAKER_VALUES[snap["breaker"]["state"]])
         yield GaugeMetricFamily("changecast_websocket_connections", "Open WebSocket connections",
                                 value=len(self.state.connections))
-        latency = GaugeMetricFamily("changecast_delivery_latency_ms",
+        recorder = engine.metrics.delivery
+        histogram = HistogramMetricFamily(
+            "changecast_delivery_latency_ms", "Change (database time) to WebSocket send, ms",
+            buckets=recorder.cumulative(), sum_value=recorder.total)
+        yield histogram
+        latency = GaugeMetricFamily("changecast_delivery_latency_recent_ms",
                                     "Change to WebSocket send latency (recent window)",
                                     labels=["quantile"])
         for quantile in ("p50", "p95", "p99"):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter, deque
 from typing import Any
 
+# Upper bounds (ms) of the all-time histogram buckets; the last bucket is +Inf.
+BUCKETS_MS: tuple[float, ...] = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000)
+
 
 class LatencyRecorder:
-    """Keeps the last ``window`` samples (ms) for percentiles, plus an all-time count and sum."""
+    """Keeps the last ``window`` samples (ms) for percentiles, plus an all-time count, sum and
+    histogram (``BUCKETS_MS``) for exporters such as Prometheus."""
 
     def __init__(self, window: int = 20_000) -> None:
         if window < 1:
@@ -16,12 +21,23 @@ class LatencyRecorder:
         self._samples: deque[float] = deque(maxlen=window)
         self.count = 0
         self.total = 0.0
+        self.buckets = [0] * (len(BUCKETS_MS) + 1)
 
     def observe(self, value_ms: float) -> None:
         """Record one sample in milliseconds."""
         self._samples.append(value_ms)
         self.count += 1
         self.total += value_ms
+        self.buckets[bisect.bisect_left(BUCKETS_MS, value_ms)] += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``[(upper bound, samples <= it), ..., ("+Inf", count)]`` since start."""
+        running = 0
+        result = []
+        for bound, count in zip((*BUCKETS_MS, math.inf), self.buckets, strict=True):
+            running += count
+            result.append(("+Inf" if bound == math.inf else f"{bound:g}", running))
+        return result
 
     def percentiles(self, *points: float) -> dict[str, float | None]:
         """``{"p50": ..., "p95": ...}`` over the window (None when empty)."""

@@ -12,6 +12,7 @@ import pytest
 from backend.analytics import trend
 from backend.auth import User
 from backend.fragments import Fragments, dom_id, money, stock_level
+from backend.live import RenderCache
 from backend.pages import make_templates
 from backend.views import AdminView, PortalView, status_filter
 from streaming import ChangeEvent, Delivery, DocumentCache
@@ -170,3 +171,21 @@ def test_trend_fills_every_minute_of_the_window() -> None:
     assert ys == [0, 0, 1, 0, 3]
     assert xs[-1] == int(datetime(2026, 11, 22, 5, 30, tzinfo=UTC).timestamp())
     assert [b - a for a, b in itertools.pairwise(xs)] == [60] * 4
+
+
+def test_render_cache_renders_a_change_once_for_every_page_of_a_kind() -> None:
+    renders = RenderCache(maxsize=2)
+    shared = state([PRODUCT])
+    ada = PortalView(shared, ADA, fragments())
+    bob = PortalView(shared, User("user-customer02", "customer02@example.com", "Bob", "customer"),
+                     fragments())
+    change = delivery("update", "products", dict(PRODUCT, stock=3), PRODUCT, seq=11)
+    assert renders.render(ada, change) == renders.render(bob, change) == ada.render(change)
+    assert (renders.misses, renders.hits) == (1, 1)
+    admin = AdminView(shared, ROOT_USER, fragments())
+    assert renders.render(admin, change) != renders.render(ada, change)  # another kind of page
+    renders.render(ada, delivery("update", "products", PRODUCT, dict(PRODUCT, stock=3), seq=12))
+    renders.render(ada, change)
+    assert renders.misses == 3  # the least recently used entry went: the admin's
+    renders.render(admin, change)
+    assert renders.misses == 4

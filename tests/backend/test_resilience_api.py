@@ -158,6 +158,10 @@ async def test_prometheus_metrics_parse_and_carry_the_engine_figures(nx_uri: str
                      "changecast_delivery_latency_ms", "changecast_orders"):
             assert name in families, name
         assert families["changecast_cache_hits"].samples[0].value >= 1
+        latency = families["changecast_delivery_latency_ms"]
+        assert latency.type == "histogram"
+        buckets = [s for s in latency.samples if s.name.endswith("_bucket")]
+        assert buckets[-1].labels["le"] == "+Inf" and len(buckets) >= 10
         assert families["changecast_breaker_state"].samples[0].value == 0
         statuses = {s.labels["status"] for s in families["changecast_orders"].samples}
         assert "delivered" in statuses
