@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
+from backend.settings import DEFAULT_ADMIN_PASSWORD
 from tests.conftest import ROOT
+from tests.support.server import serve_site
 
 
 def load() -> dict[str, Any]:
@@ -29,3 +36,69 @@ def test_compose_app_points_at_the_replica_set_and_waits_for_it() -> None:
     assert uri.startswith("mongodb://mongo:27017") and "replicaSet=rs0" in uri
     assert app["depends_on"]["mongo"]["condition"] == "service_healthy"
     assert (ROOT / "Dockerfile").read_text().count("changecast") >= 1
+
+
+def container_path(service: dict[str, Any], host_path: str) -> str:
+    """Where the compose file mounts ``host_path`` inside the service's container."""
+    for volume in service["volumes"]:
+        host, _, rest = str(volume).partition(":")
+        if host == host_path:
+            return rest.split(":")[0]
+    raise AssertionError(f"{host_path} is not mounted")
+
+
+def test_compose_prometheus_scrapes_the_app_and_grafana_is_provisioned() -> None:
+    services = load()["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    config_path = container_path(prometheus, "./deploy/prometheus/prometheus.yml")
+    assert f"--config.file={config_path}" in prometheus["command"]
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["app:8000"]
+    assert "8000:8000" in services["app"]["ports"]
+
+    assert container_path(grafana, "./deploy/grafana/provisioning") == "/etc/grafana/provisioning"
+    sources = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    [source] = sources["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert "9090:9090" in prometheus["ports"]
+    providers = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/changecast.yml").read_text())
+    dashboards_path = providers["providers"][0]["options"]["path"]
+    assert container_path(grafana, "./deploy/grafana/dashboards") == dashboards_path
+
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/changecast.json").read_text())
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("latency", "changes per second", "cache", "pipeline", "lag"):
+        assert topic in titles, topic
+    for panel in dashboard["panels"]:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == source["uid"]
+
+
+async def test_grafana_queries_only_series_that_metrics_exports(nx_uri: str, tmp_path: Path) -> None:
+    """Every series a dashboard panel asks for is in a live /metrics, pipeline stages included."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/changecast.json").read_text())
+    wanted = {name for panel in dashboard["panels"] for target in panel["targets"]
+              for name in re.findall(r"changecast_[a-z_]+", target["expr"])}
+    async with serve_site(nx_uri, tmp_path, payment_success_rate=1.0,
+                          payment_latency_ms=(5, 10)) as (base, _), \
+            httpx.AsyncClient(base_url=base) as http:
+        login = await http.post("/api/login", json={"email": "admin@example.com",
+                                                    "password": DEFAULT_ADMIN_PASSWORD})
+        assert login.status_code == 200
+        placed = await http.post("/api/orders", json={"items": [
+            {"product_id": "SKU-BOO-002", "quantity": 1}]}, headers={"Origin": base})
+        assert placed.status_code == 201
+        async with asyncio.timeout(10):  # until the pipeline has timed a stage
+            while not (await http.get("/api/metrics")).json()["pipeline"]["stages"]:
+                await asyncio.sleep(0.05)
+        text = (await http.get("/metrics")).text
+    exported = {sample.name for family in text_string_to_metric_families(text)
+                for sample in family.samples}
+    assert wanted <= exported, sorted(wanted - exported)
