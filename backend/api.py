@@ -199,6 +199,25 @@ async def get_order(request: Request) -> Response:
     return JSON(doc)
 
 
+async def order_audit(db: Any, order_id: str) -> list[dict[str, Any]]:
+    """An order's audit entries, oldest first."""
+    entries: list[dict[str, Any]] = await db.audit.find({"order_id": order_id}) \
+        .sort([("at", 1), ("_id", 1)]).to_list()
+    return entries
+
+
+async def get_order_audit(request: Request) -> Response:
+    """
+    summary: An order's audit trail, oldest first (a customer sees only their own)
+    parameters: [{name: order_id, in: path, required: true, schema: {type: string}}]
+    responses: {200: {description: the audit entries}, 401: {description: not signed in}, 404: {description: no such order}}
+    """
+    _, doc = await visible_order(request, request.path_params["order_id"])
+    entries = await order_audit(request.state.db, doc["_id"])
+    return JSON({"order_id": doc["_id"], "correlation_id": doc.get("correlation_id"),
+                 "items": entries})
+
+
 async def post_order(request: Request) -> Response:
     """
     summary: Place an order (priced from the database)

@@ -142,6 +142,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
         Route("/api/orders", api.post_order, methods=["POST"]),
         Route("/api/orders/{order_id}", api.get_order, methods=["GET"]),
         Route("/api/orders/{order_id}/status", api.put_order_status, methods=["PUT"]),
+        Route("/api/orders/{order_id}/audit", api.get_order_audit, methods=["GET"]),
         Route("/api/simulate/new-order", api.simulate_new_order, methods=["POST"]),
         Route("/api/simulate/update-stock", api.simulate_update_stock, methods=["POST"]),
         Route("/api/simulate/status-update", api.simulate_status_update, methods=["POST"]),

@@ -1,4 +1,4 @@
-"""The ``changecast`` command: serve, seed."""
+"""The ``changecast`` command: serve, seed, loadtest."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import logging
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvicorn
 
+from backend import loadtest
 from backend.app import create_app
 from backend.database import DatabaseError, open_database
 from backend.logs import configure_logging
@@ -41,7 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--reset", action="store_true", help="delete existing data first")
     seed.add_argument("--orders", type=_non_negative, default=300, help="historical orders")
     seed.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
+    load = sub.add_parser("loadtest", help="drive a running server and report latencies")
+    load.add_argument("--scenario", required=True, choices=sorted(loadtest.SCENARIOS),
+                      help="; ".join(f"{s.name}: {s.description}"
+                                     for s in loadtest.SCENARIOS.values()))
+    load.add_argument("--duration", type=_positive_float, help="seconds (default 30)")
+    load.add_argument("--rps", type=_positive_float, help="requests per second to offer")
+    load.add_argument("--clients", type=_non_negative, help="WebSocket clients watching")
+    load.add_argument("--url", help="server (default http://CHANGECAST_HOST:CHANGECAST_PORT)")
+    load.add_argument("--report", type=Path,
+                      help="JSON report path (default loadtest-<scenario>.json)")
+    load.add_argument("--admin-email", default="admin@example.com")
     return parser
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {raw!r}") from None
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {raw}")
+    return value
 
 
 def _non_negative(raw: str) -> int:
@@ -112,6 +135,24 @@ async def seed(settings: Settings, *, reset: bool, orders: int, seed_number: int
               f"{report.orders} orders")
 
 
+def run_loadtest(settings: Settings, args: argparse.Namespace) -> None:
+    scenario = loadtest.scenario_with(args.scenario, duration=args.duration, rps=args.rps,
+                                      clients=args.clients)
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    if not url.startswith(("http://", "https://")):
+        raise CliError(f"--url must start with http:// or https://, got {url!r}")
+    report_path = args.report or Path(f"loadtest-{scenario.name}.json")
+    try:
+        report = asyncio.run(loadtest.run(
+            url, scenario, report_path=report_path, admin_email=args.admin_email,
+            admin_password=settings.admin_password or DEFAULT_ADMIN_PASSWORD,
+            customer_password=settings.demo_password or DEFAULT_DEMO_PASSWORD))
+    except loadtest.LoadTestError as exc:
+        raise CliError(str(exc)) from None
+    print(loadtest.summary(report))
+    print(f"report written to {report_path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``changecast`` console script."""
     args = build_parser().parse_args(argv)
@@ -127,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "seed":
             asyncio.run(seed(settings, reset=args.reset, orders=args.orders,
                              seed_number=args.seed))
+        elif args.command == "loadtest":
+            run_loadtest(settings, args)
     except (SettingsError, DatabaseError, CliError) as exc:
         print(f"changecast: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -22,7 +22,7 @@ from starlette.templating import Jinja2Templates
 
 from backend import demo
 from backend import orders as order_ops
-from backend.api import change_status, visible_order
+from backend.api import change_status, order_audit, visible_order
 from backend.auth import User, current_user, require_admin, require_user, sign_in, start_session
 from backend.errors import ApiError
 from backend.fragments import configure
@@ -319,8 +319,7 @@ async def order_detail(request: Request) -> Response:
         _, order = await visible_order(request, request.path_params["order_id"])
     except ApiError as exc:
         return toast_response(request, exc.message, "error", exc.status)
-    audit = await request.state.db.audit.find({"order_id": order["_id"]}) \
-        .sort([("at", 1), ("_id", 1)]).to_list()
+    audit = await order_audit(request.state.db, order["_id"])
     html = make_fragments(request.state).order_detail(order, audit)
     return _html(html, headers={"Cache-Control": "no-store"})
 
