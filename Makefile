@@ -34,9 +34,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.engine
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Benchmarks (not part of `make test`): JSON + PNG per benchmark in bench/results/.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.propagation
+	$(BIN)/python -m bench.fanout
+	$(BIN)/python -m bench.cache
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.connections
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -102,6 +102,9 @@ async def serve(settings: Settings) -> None:
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, log_config=None,
             lifespan="on", ws="websockets-sansio", ws_max_size=64 * 1024,
+            # Frames are small JSON or HTML: per-message deflate would cost ~45 KiB of zlib
+            # state per connection and CPU per frame for little gain.
+            ws_per_message_deflate=False,
             timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)

@@ -24,7 +24,7 @@ from backend.database import make_client
 from backend.embedded import EmbeddedServer
 from backend.orders import create_order
 from backend.pipeline import AUTOMATIC, PaymentGateway, Pipeline
-from bench.report import write
+from bench.report import chart_bars, write
 from streaming import ChangeEngine
 
 
@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = asyncio.run(main_async(args))
     write(args.out, report)
+    rows = report["results"]
+    chart_bars(args.out.with_suffix(".png"), "Orders per second, end to end",
+               [r["scenario"].replace(", ", "\n", 1) for r in rows],
+               {"orders/s (median)": [r["orders_per_s_median"] for r in rows]})
     return 0
 
 

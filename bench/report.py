@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -20,3 +21,54 @@ def write(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**report, "machine": machine()}, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def percentile(values: list[float], point: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(point / 100 * len(ordered)) - 1)], 2)
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Count, p50, p95, p99 and max of ``values``."""
+    return {"count": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95),
+            "p99": percentile(values, 99), "max": round(max(values), 2) if values else None}
+
+
+def chart_bars(path: Path, title: str, labels: list[str], series: dict[str, list[Any]], *,
+               log: bool = False, unit: str = "") -> None:
+    """A grouped bar chart as PNG (matplotlib, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(labels) + 2), 4.2), dpi=110)
+    width = 0.8 / max(1, len(series))
+    for index, (name, values) in enumerate(series.items()):
+        xs = [n + (index - (len(series) - 1) / 2) * width for n in range(len(labels))]
+        ys = [v if isinstance(v, int | float) else 0 for v in values]
+        bars = ax.bar(xs, ys, width, label=name)
+        ax.bar_label(bars, labels=[_short(v) for v in values], fontsize=7, padding=2)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    if log:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    if unit:
+        ax.set_ylabel(unit)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def _short(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "n/a"
+    if value >= 100_000:
+        return f"{value / 1000:,.0f}k"
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"

@@ -23,7 +23,7 @@ async def running(app: ASGIApp) -> AsyncIterator[str]:
     """Serve ``app`` until the block ends; yields its base URL."""
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
-                            ws="websockets-sansio")
+                            ws="websockets-sansio", ws_per_message_deflate=False)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())

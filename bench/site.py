@@ -1,0 +1,114 @@
+"""A real ChangeCast for the benchmarks: NX-27017 started here, ``changecast serve`` as a child
+process against it (so the server has its own interpreter and core), helpers to drive it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from backend.embedded import EmbeddedServer
+from backend.settings import DEFAULT_ADMIN_PASSWORD
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Site:
+    base: str
+    nx_uri: str
+    db_name: str
+    server: subprocess.Popen[bytes]
+
+    @property
+    def ws(self) -> str:
+        return self.base.replace("http://", "ws://") + "/ws"
+
+    async def admin(self) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(base_url=self.base, timeout=30, headers={"Origin": self.base},
+                                   limits=httpx.Limits(max_connections=200))
+        response = await client.post("/api/login", json={"email": "admin@example.com",
+                                                         "password": DEFAULT_ADMIN_PASSWORD})
+        response.raise_for_status()
+        return client
+
+    def rss_kib(self) -> int:
+        """The server process's resident memory."""
+        for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+@contextlib.asynccontextmanager
+async def site(*, pipeline: bool = False, extra_env: dict[str, str] | None = None) \
+        -> AsyncIterator[Site]:
+    """NX-27017 in a temporary directory plus one app server process (seeded on start)."""
+    with tempfile.TemporaryDirectory(prefix="changecast-bench-") as tmp:
+        nx = EmbeddedServer(data_dir=Path(tmp) / "nx")
+        await nx.start()
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGECAST_", "MONGODB"))}
+        env.update({"MONGODB_URI": nx.uri, "CHANGECAST_DEMO": "on", "CHANGECAST_PORT": str(port),
+                    "CHANGECAST_DATA_DIR": str(Path(tmp) / "app"), "CHANGECAST_DB": "bench",
+                    "CHANGECAST_PIPELINE": "on" if pipeline else "off",
+                    "CHANGECAST_LOG_LEVEL": "WARNING", **(extra_env or {})})
+        server = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve"], env=env,
+                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            await _wait_healthy(base, server)
+            yield Site(base, nx.uri, "bench", server)
+        finally:
+            server.terminate()
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            await nx.stop()
+
+
+async def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=base, timeout=2) as client:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(f"the server exited with {server.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("/api/health")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise RuntimeError("the server did not become healthy")
+
+
+_decode = msgspec.json.Decoder()
+
+
+def stock_key(message: bytes | str) -> str | None:
+    """``product=stock`` of a products change message (what a stock write can be matched on)."""
+    msg: Any = _decode.decode(message)
+    if msg.get("type") != "change" or msg.get("collection") != "products":
+        return None
+    stock = ((msg.get("changes") or {}).get("set") or {}).get("stock")
+    if stock is None and isinstance(msg.get("doc"), dict):
+        stock = msg["doc"].get("stock")
+    return None if stock is None else f"{msg['key']}={stock}"
