@@ -252,7 +252,8 @@ class LoadTest:
                 pipeline = (await admin.get("/api/metrics")).json().get("pipeline") or {}
                 self.samples.append({"t": round(time.perf_counter() - started, 2),
                                      "backlog": pipeline.get("backlog", 0),
-                                     "payments_in_flight": pipeline.get("payments_in_flight", 0)})
+                                     "payments_in_flight": pipeline.get("payments_in_flight", 0),
+                                     "payment_concurrency": pipeline.get("payment_concurrency")})
             await asyncio.sleep(1)
 
     async def _one(self, admin: httpx.AsyncClient, customers: list[httpx.AsyncClient]) -> None:
@@ -394,6 +395,10 @@ class LoadTest:
             "pipeline": {"backlog_max": max((x["backlog"] for x in self.samples), default=0),
                          "payments_in_flight_max": max(
                              (x["payments_in_flight"] for x in self.samples), default=0),
+                         "payments_saturated": any(
+                             x["payment_concurrency"] and
+                             x["payments_in_flight"] >= x["payment_concurrency"]
+                             for x in self.samples),
                          "samples": self.samples},
         }
         report["recommendations"] = recommendations(report)
@@ -412,9 +417,9 @@ def recommendations(report: dict[str, Any]) -> list[str]:
         if figures["health"] == "healthy":
             continue
         if stage in ("paid", "payment_failed"):
-            if report["pipeline"]["backlog_max"]:
-                advice.append(f"payment ({stage}) averages {figures['avg_ms']} ms and orders "
-                              "queue for it: raise CHANGECAST_PAYMENT_CONCURRENCY")
+            if report["pipeline"]["payments_saturated"]:
+                advice.append(f"payment ({stage}) averages {figures['avg_ms']} ms and every "
+                              "payment slot was busy: raise CHANGECAST_PAYMENT_CONCURRENCY")
             else:
                 advice.append(f"payment ({stage}) averages {figures['avg_ms']} ms with no queue: "
                               "that is the gateway's own latency (CHANGECAST_PAYMENT_LATENCY_MS "

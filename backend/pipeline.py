@@ -67,6 +67,7 @@ class PaymentGateway:
             raise ValueError(f"success_rate must be within 0..1, got {success_rate!r}")
         self.success_rate = success_rate
         self.latency_ms = latency_ms
+        self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._rng = rng or random.Random()
         self._sleep = sleep
@@ -145,6 +146,7 @@ class Pipeline:
                              "p95_ms": round(p95, 1)}
         return {"instance": self.instance, "backlog": self._queue.qsize(),
                 "in_flight": len(self._in_flight), "payments_in_flight": self.gateway.in_flight,
+                "payment_concurrency": self.gateway.concurrency,
                 "stages": stages, **self.counters}
 
     # ---- events -----------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""The README's performance table, rendered from ``bench/results/*.json``.
+
+    python -m bench.table          # print it
+    python -m bench.table --write  # replace it in README.md (between the markers)
+
+A test checks that README.md holds exactly what this renders, so the table
+can never drift from the result files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+BEGIN = "<!-- bench-table:begin (python -m bench.table --write) -->"
+END = "<!-- bench-table:end -->"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _ms(value: Any) -> str:
+    return "n/a" if value is None else f"{value:,.1f} ms"
+
+
+def _n(value: Any) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def rows() -> list[tuple[str, str, str, str]]:
+    out: list[tuple[str, str, str, str]] = []
+    propagation = _load("propagation")
+    if propagation:
+        results = propagation["results"]
+        for clients in sorted({r["clients"] for r in results}):
+            same = {r["approach"]: r for r in results if r["clients"] == clients}
+            ours = same.get("changecast-websocket")
+            if not ours:
+                continue
+            lat = ours["latency_ms"]
+            base = []
+            for approach, label in (("rest-polling-1s", "polling every 1 s"),
+                                    ("rest-polling-5s", "polling every 5 s"),
+                                    ("change-stream-per-client", "a change stream per client")):
+                if approach in same:
+                    other = same[approach]["latency_ms"]
+                    base.append(f"{label}: p50 {_ms(other['p50'])}, p99 {_ms(other['p99'])}")
+            out.append((f"write → client, {clients:,} WebSocket clients, "
+                        f"{ours['rate']:g} changes/s",
+                        f"p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])} "
+                        f"({ours['missed']} missed)",
+                        "; ".join(base), "`python -m bench.propagation`"))
+    fanout = _load("fanout")
+    if fanout:
+        for row in fanout["in_process"]:
+            out.append((f"hub fan-out in-process, {row['scenario']}, "
+                        f"{row['subscribers']:,} subscribers",
+                        f"{_n(row['hub']['deliveries_per_s_median'])} deliveries/s",
+                        f"naive queue per subscriber: "
+                        f"{_n(row['naive_baseline']['deliveries_per_s_median'])}/s "
+                        f"({row['ratio_vs_baseline']}×)", "`python -m bench.fanout`"))
+        for row in fanout["over_sockets"]:
+            out.append((f"fan-out over sockets, {row['clients']:,} clients",
+                        f"{_n(row['deliveries_per_s_median'])} deliveries/s "
+                        f"({row['writes_per_s']} writes/s)",
+                        f"writes with nobody watching: "
+                        f"{row['baseline_writes_per_s_no_clients']}/s",
+                        "`python -m bench.fanout`"))
+    cache = _load("cache")
+    if cache:
+        ours, ttl = cache["results"][0], cache["results"][1]
+        out.append((f"cache, Zipf reads of {cache['products']:,} products + "
+                    f"{cache['write_rate']:g} writes/s",
+                    f"hit ratio {100 * ours['hit_ratio']:.2f} %, {ours['stale_reads']} stale of "
+                    f"{ours['reads']:,} reads",
+                    f"TTL cache (1 s): {100 * ttl['hit_ratio']:.2f} %, {ttl['stale_reads']:,} "
+                    f"stale of {ttl['reads']:,}", "`python -m bench.cache`"))
+    pipeline = _load("pipeline")
+    if pipeline:
+        results = pipeline["results"]
+        bare = next((r for r in results if r["payment_concurrency"] is None), None)
+        for row in results:
+            if row is bare:
+                continue
+            out.append((f"order pipeline end to end, {row['scenario'].split(', ', 1)[1]}",
+                        f"{row['orders_per_s_median']} orders/s",
+                        f"bare inserts, no pipeline: {bare['orders_per_s_median']} orders/s"
+                        if bare else "", "`python -m bench.pipeline`"))
+    connections = _load("connections")
+    if connections:
+        for clients in sorted({r["clients"] for r in connections["results"]}):
+            same = {r["kind"]: r for r in connections["results"] if r["clients"] == clients}
+            if "subscribed" in same:
+                out.append((f"server memory per idle WebSocket, {clients:,} clients",
+                            f"{same['subscribed']['kib_per_connection']} KiB",
+                            f"bare WebSocket, no subscription: "
+                            f"{same['bare']['kib_per_connection']} KiB" if "bare" in same else "",
+                            "`python -m bench.connections`"))
+    return out
+
+
+def render() -> str:
+    lines = [BEGIN, "| measurement | ChangeCast (median) | baseline, same run | command |",
+             "|---|---|---|---|"]
+    lines.extend(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows())
+    machine = next((r["machine"] for r in (_load(n) for n in
+                    ("propagation", "fanout", "cache", "pipeline", "connections")) if r), None)
+    if machine:
+        lines.append("")
+        lines.append(f"Machine: {machine['cpus']} CPUs, {machine['platform']}, "
+                     f"Python {machine['python']}.")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    table = render()
+    if not args.write:
+        print(table)
+        return
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    readme.write_text(text[:start] + table + text[end:])
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The app server restarts while 50 clients watch: they reconnect, resync, and converge."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import AsyncMongoClient
+
+from tests.support.instance import AppProcess, app_env
+from tests.support.remote import RemoteView, comparable
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+async def converged(views: list[RemoteView], db: Any, timeout: float) -> dict[str, int]:
+    """Wait until every view equals the database; returns how many differ at the end."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        truth = {
+            "products": comparable({d["_id"]: d for d in await db.products.find({}).to_list()},
+                                   ("stock", "price_cents")),
+            "orders": comparable({d["_id"]: d for d in await db.orders.find({}).to_list()},
+                                 ("status", "total_cents")),
+        }
+        wrong = [v for v in views
+                 if comparable(v.docs, ("stock", "price_cents") if v.collection == "products"
+                               else ("status", "total_cents")) != truth[v.collection]]
+        if not wrong or asyncio.get_running_loop().time() > deadline:
+            return {"differ": len(wrong)}
+        await asyncio.sleep(0.2)
+
+
+async def test_app_restart_with_50_clients_connected_every_view_converges(
+    nx_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    env = app_env(MONGODB_URI=nx_uri, CHANGECAST_DB=db_name, CHANGECAST_PIPELINE="off")
+    app = await asyncio.to_thread(AppProcess, env, tmp_path)
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(nx_uri, tz_aware=True)
+    db = mongo[db_name]
+    views = [RemoteView(app.base, "products" if n % 2 else "orders", app.cookie, name=f"c{n}")
+             for n in range(50)]
+    writes = {"ok": 0, "failed": 0}
+    stop = asyncio.Event()
+    products = [p["_id"] for p in await db.products.find({}, {"_id": 1}).to_list()]
+
+    async def writer() -> None:
+        async with httpx.AsyncClient(base_url=app.base, timeout=5,
+                                     headers={"Cookie": app.cookie}) as http:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    response = await http.put(f"/api/products/{products[n % len(products)]}/stock",
+                                              json={"stock": n % 300})
+                    writes["ok" if response.status_code == 200 else "failed"] += 1
+                except httpx.HTTPError:
+                    writes["failed"] += 1
+                await asyncio.sleep(0.01)
+
+    try:
+        for view in views:
+            view.start()
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(view.connected.wait() for view in views))
+        load = asyncio.create_task(writer())
+        await asyncio.sleep(2)
+        await asyncio.to_thread(app.stop, signal.SIGTERM)  # a deploy: graceful stop ...
+        # ... and while nothing serves, the database still changes.
+        await db.products.update_one({"_id": products[0]}, {"$set": {"stock": 4242}})
+        await db.orders.update_one({}, {"$set": {"status": "cancelled"}})
+        await asyncio.to_thread(app.start)
+        async with asyncio.timeout(30):
+            while sum(v.reconnects > 0 and v.connected.is_set() for v in views) < len(views):
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(2)
+        stop.set()
+        await load
+        result = await converged(views, db, timeout=20)
+    finally:
+        stop.set()
+        for view in views:
+            await view.stop()
+        await asyncio.to_thread(app.stop)
+        await mongo.close()
+    assert result["differ"] == 0, result
+    assert writes["ok"] >= 20, writes
+    assert all(v.reconnects >= 1 for v in views)
+    assert sum(v.resyncs for v in views) >= len(views)  # a new server cannot replay the old seq
+    assert sum(v.duplicates for v in views) == 0
+    stock = {v.docs[products[0]]["stock"] for v in views
+             if v.collection == "products" and products[0] in v.docs}
+    assert len(stock) == 1  # everybody agrees, whatever the writer did afterwards
