@@ -240,7 +240,12 @@ def system_figures(state: Any, previous: dict[str, Any] | None) -> dict[str, Any
         rate = (total - previous["changes_total"]) / (now - previous["at"])
     pipeline = state.pipeline.snapshot() if state.pipeline is not None else None
     latency = snap["delivery_latency_ms"]
+    states = {w["state"] for w in snap["watchers"].values()}
+    breaker = snap["breaker"]["state"]
+    database = "unreachable" if breaker == "open" or "backoff" in states else \
+        "recovering" if breaker == "half_open" or "connecting" in states else "ok"
     return {
+        "database": database,
         "at": now, "changes_total": total, "changes_per_s": rate,
         "latency_p50": latency.get("p50"), "latency_p99": latency.get("p99"),
         "cache_hit_ratio": snap["cache"]["hit_ratio"],

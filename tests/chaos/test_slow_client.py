@@ -1,0 +1,121 @@
+"""A client that stops reading: its queue stays bounded, it is cut off with a resync reason,
+and everybody else's latency does not suffer for it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from backend.settings import DEFAULT_ADMIN_PASSWORD
+from tests.support.server import serve_site
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+WATCHERS = 10
+RATE = 150  # stock writes per second (enough to fill the slow reader's socket buffers)
+SECONDS = 5
+
+
+def percentile(values: list[float], point: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * point / 100) - 1)]
+
+
+async def watcher(base: str) -> tuple[ClientConnection, dict[str, float]]:
+    ws = await connect(base.replace("http://", "ws://") + "/ws", origin=base)  # type: ignore[arg-type]
+    await ws.send(json.dumps({"op": "subscribe", "id": "p", "collection": "products"}))
+    await ws.recv()
+    return ws, {}
+
+
+async def listen(ws: ClientConnection, seen: dict[str, float]) -> None:
+    async for raw in ws:
+        msg = json.loads(raw)
+        stock = ((msg.get("changes") or {}).get("set") or {}).get("stock")
+        if msg.get("type") == "change" and stock is not None:
+            seen.setdefault(f"{msg['key']}={stock}", time.perf_counter())
+
+
+async def slow_reader(base: str) -> ClientConnection:
+    """32 subscriptions to products on one socket with a tiny receive buffer, never read."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+    ws = await connect(base.replace("http://", "ws://") + "/ws", origin=base,  # type: ignore[arg-type]
+                       sock=sock, max_queue=1)
+    for n in range(32):
+        await ws.send(json.dumps({"op": "subscribe", "id": f"s{n}", "collection": "products"}))
+    return ws
+
+
+async def one_run(base: str, admin: httpx.AsyncClient, products: list[str], offset: int,
+                  *, with_slow: bool) -> tuple[list[float], ClientConnection | None]:
+    clients = [await watcher(base) for _ in range(WATCHERS)]
+    tasks = [asyncio.create_task(listen(ws, seen)) for ws, seen in clients]
+    slow = await slow_reader(base) if with_slow else None
+    sent: dict[str, float] = {}
+
+    async def write(n: int) -> None:
+        product = products[n % len(products)]
+        at = time.perf_counter()
+        response = await admin.put(f"/api/products/{product}/stock",
+                                   json={"stock": offset + n})
+        if response.status_code == 200:
+            sent[f"{product}={offset + n}"] = at
+
+    writes = []
+    started = time.perf_counter()
+    for n in range(RATE * SECONDS):
+        await asyncio.sleep(max(0.0, started + n / RATE - time.perf_counter()))
+        writes.append(asyncio.create_task(write(n)))
+    await asyncio.gather(*writes)
+    async with asyncio.timeout(10):
+        while any(len([k for k in sent if k in seen]) < len(sent) for _, seen in clients):
+            await asyncio.sleep(0.05)
+    for task in tasks:
+        task.cancel()
+    for ws, _ in clients:
+        await ws.close()
+    latencies = [(seen[key] - at) * 1000 for key, at in sent.items() for _, seen in clients]
+    return latencies, slow
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_slows_nobody(
+    nx_uri: str, tmp_path: Path
+) -> None:
+    async with serve_site(nx_uri, tmp_path, pipeline_enabled=False) as (base, _), \
+            httpx.AsyncClient(base_url=base, timeout=10) as admin:
+        login = await admin.post("/api/login", json={"email": "admin@example.com",
+                                                     "password": DEFAULT_ADMIN_PASSWORD})
+        assert login.status_code == 200
+        products = [p["_id"] for p in
+                    (await admin.get("/api/products", params={"limit": 500})).json()["items"]]
+        alone, _ = await one_run(base, admin, products, 1_000, with_slow=False)
+        crowded, slow = await one_run(base, admin, products, 5_000, with_slow=True)
+        assert slow is not None
+        metrics: dict[str, Any] = (await admin.get("/api/metrics")).json()
+        # Now the slow client reads what it was sent: a resync that says why, per subscription.
+        reasons = []
+        print("metrics", {k: metrics[k] for k in ("cutoffs", "dropped", "queue_depth_max", "resyncs")})
+        async with asyncio.timeout(15):
+            async for raw in slow:
+                msg = json.loads(raw)
+                if msg.get("type") == "resync":
+                    reasons.append(msg["reason"])
+                    if len(reasons) == 32:
+                        break
+        await slow.close()
+    assert metrics["cutoffs"] >= 1 and metrics["dropped"] > 0
+    assert metrics["queue_depth_max"] <= 1_000  # the queue bound held
+    assert all("slow consumer" in reason for reason in reasons)
+    p99_alone, p99_crowded = percentile(alone, 99), percentile(crowded, 99)
+    print(f"p99 without the slow client {p99_alone:.1f} ms, with it {p99_crowded:.1f} ms")
+    assert p99_crowded <= 2 * max(p99_alone, 5.0), (p99_alone, p99_crowded)
