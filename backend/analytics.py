@@ -87,13 +87,24 @@ class LiveAnalytics:
         self.version = 0
         self._changed = asyncio.Event()
         self._unlisten: Callable[[], None] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         # Listen first, then load: an order changing in between is observed twice, which is
         # harmless (observe replaces), instead of not at all.
         self._unlisten = self.engine.listen(self._on_change)
+        self.engine.on_history_lost(self._on_lost)
+        await self._rebuild()
+
+    async def _rebuild(self) -> None:
         self.figures.rebuild(await self.db.orders.find({}).to_list())
         self._bump()
+
+    def _on_lost(self, collection: str, reason: str) -> None:
+        if collection == "orders" and self._unlisten is not None:
+            task = asyncio.ensure_future(self._rebuild())  # events may be missing: recount
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def stop(self) -> None:
         if self._unlisten is not None:

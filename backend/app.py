@@ -110,6 +110,10 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
             engine = build_engine(db, settings)
             await engine.start()
             stack.push_async_callback(engine.stop)
+            if db.embedded is not None:
+                # NX-27017 was seen to rewind or skip its change log across a kill -9: after a
+                # restart every stream reopens from now and every subscriber resyncs.
+                db.embedded.on_restart(lambda: engine.reset("the embedded database restarted"))
             await engine.prime("products")
             await engine.prime("users")
             analytics = LiveAnalytics(engine, db.db)

@@ -11,6 +11,7 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pymongo import AsyncMongoClient
@@ -59,6 +60,7 @@ class EmbeddedServer:
         self.backoff_max = backoff_max
         self.state = EmbeddedState.STOPPED
         self.restarts = 0
+        self._restart_hooks: list[Callable[[], None]] = []
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -219,6 +221,15 @@ class EmbeddedServer:
             self.restarts += 1
             self.state = EmbeddedState.RUNNING
             logger.info("embedded database restarted (pid %s)", self.pid)
+            for hook in self._restart_hooks:
+                try:
+                    hook()
+                except Exception:
+                    logger.exception("restart hook failed")
+
+    def on_restart(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` each time the supervisor has brought the database back."""
+        self._restart_hooks.append(hook)
 
 
 def _tail(path: Path, limit: int = 400) -> str:

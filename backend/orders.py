@@ -132,11 +132,18 @@ async def apply_transition(db: AsyncDatabase[Document], current: Document, targe
     # The whole history array is written with $set (NX-27017 mangles $push of documents);
     # the status condition makes the read-modify-write safe.
     history = [*current.get("history", []), {"status": target, "at": at, "by": actor}]
+    # A token of this very attempt: when the connection drops after the server applied the
+    # update, the driver's retry finds the status already moved and answers None; the token
+    # tells "it was us" from "somebody else got there first".
+    token = uuid.uuid4().hex
     result: Document | None = await db.orders.find_one_and_update(
         {"_id": current["_id"], "status": current["status"], **(condition or {})},
-        {"$set": {"status": target, "history": history, "updated_at": at, **(extra or {})}},
+        {"$set": {"status": target, "history": history, "updated_at": at,
+                  "transition_id": token, **(extra or {})}},
         return_document=ReturnDocument.AFTER,
     )
+    if result is None:
+        result = await db.orders.find_one({"_id": current["_id"], "transition_id": token})
     return result
 
 

@@ -250,10 +250,17 @@ class Pipeline:
         log = {"correlation_id": order.get("correlation_id"), "order_id": order["_id"]}
         logger.debug("reserving %d items", len(order["items"]), extra=log)
         for item in order["items"]:
-            product = await self.db.products.find_one_and_update(
-                {"_id": item["product_id"], "stock": {"$gte": int(item["quantity"])}},
-                {"$inc": {"stock": -int(item["quantity"])}, "$set": {"updated_at": now_iso()}},
-                return_document=ReturnDocument.AFTER)
+            try:
+                product = await self.db.products.find_one_and_update(
+                    {"_id": item["product_id"], "stock": {"$gte": int(item["quantity"])}},
+                    {"$inc": {"stock": -int(item["quantity"])}, "$set": {"updated_at": now_iso()}},
+                    return_document=ReturnDocument.AFTER)
+            except PyMongoError:
+                # The order stays pending and will be re-driven: give back what this attempt
+                # took (best effort: the database may be down for that too).
+                with contextlib.suppress(PyMongoError):
+                    await self._release(taken)
+                raise
             if product is None:
                 exists = await self.db.products.find_one({"_id": item["product_id"]}, {"_id": 1})
                 failure = (f"out of stock: {item['product_id']}" if exists

@@ -123,6 +123,12 @@ class ChangeEngine:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    def reset(self, reason: str) -> None:
+        """Distrust every stream's history (e.g. the database restarted): each watcher reopens
+        from now, then its subscribers resync and the cache forgets that collection."""
+        for watcher in self.watchers.values():
+            watcher.reset(reason)
+
     def on_history_lost(self, listener: Callable[[str, str], None]) -> None:
         """Call ``listener(collection, reason)`` when a collection's history is lost."""
         self._lost_listeners.append(listener)

@@ -205,6 +205,14 @@ class CollectionWatcher:
         self._resumed_rowid: int | None = None
         self._replayed = 0
         self._first_rowid: int | None = None
+        self._reset_reason: str | None = None
+        self._lost_reason: str | None = None
+
+    def reset(self, reason: str) -> None:
+        """Distrust the stream's history from here on (say, the server restarted and may have
+        rewound or skipped its log): reopen from now, then subscribers resync."""
+        self._reset_reason = reason
+        self._nudged.set()
 
     def nudge(self) -> None:
         """Poll now (called right after this process writes)."""
@@ -260,6 +268,11 @@ class CollectionWatcher:
                 attempt = 0
                 self.state = WatcherState.WATCHING
                 self._watching.set()
+                if self._lost_reason is not None:
+                    # Announced only now that the fresh stream is open: a snapshot taken from
+                    # here on cannot miss a change between itself and the stream.
+                    reason, self._lost_reason = self._lost_reason, None
+                    self.on_history_lost(self.name, reason)
                 await self._consume(stream)
             except asyncio.CancelledError:
                 raise
@@ -282,12 +295,15 @@ class CollectionWatcher:
                     with contextlib.suppress(Exception):
                         await stream.close()
 
-    def _lose_history(self, reason: str) -> None:
+    def _lose_history(self, reason: str, *, reopening: bool = True) -> None:
         logger.warning("change history of %s lost (%s); subscribers resync", self.name, reason)
         self.history_losses += 1
         self.token = None
         self._resumed_rowid = None
-        self.on_history_lost(self.name, reason)
+        if reopening:
+            self._lost_reason = reason  # announced once the fresh stream is open
+        else:
+            self.on_history_lost(self.name, reason)  # the open stream goes on from here
 
     async def _open(self) -> Any:
         kwargs: dict[str, Any] = {"full_document": "updateLookup"}
@@ -314,6 +330,9 @@ class CollectionWatcher:
     async def _consume(self, stream: ChangeStreamLike) -> None:
         batch = 0
         while True:
+            if self._reset_reason is not None:
+                reason, self._reset_reason = self._reset_reason, None
+                raise HistoryLost(reason)
             self._nudged.clear()
             change = await stream.try_next()
             if change is None:
@@ -372,7 +391,7 @@ class CollectionWatcher:
         # replay that short cannot have lost anything; one that long after a hole may have.
         if first is not None and first > resumed + 1 and replayed >= NX_RETENTION_ROWS:
             self._lose_history(f"replayed {replayed} changes after a gap from {resumed} to "
-                               f"{first}; older ones may have been pruned")
+                               f"{first}; older ones may have been pruned", reopening=False)
 
     async def _checkpoint(self, *, force: bool = False) -> None:
         if self.checkpoints is None or self.token is None or self.token == self._saved_token:

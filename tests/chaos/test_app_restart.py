@@ -31,7 +31,15 @@ async def converged(views: list[RemoteView], db: Any, timeout: float) -> dict[st
                  if comparable(v.docs, ("stock", "price_cents") if v.collection == "products"
                                else ("status", "total_cents")) != truth[v.collection]]
         if not wrong or asyncio.get_running_loop().time() > deadline:
-            return {"differ": len(wrong)}
+            detail = []
+            for view in wrong[:4]:
+                fields = ("stock", "price_cents") if view.collection == "products" \
+                    else ("status", "total_cents")
+                mine, theirs = comparable(view.docs, fields), truth[view.collection]
+                keys = [k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)]
+                detail.append((view.name, view.collection, len(keys),
+                               [(k, mine.get(k), theirs.get(k)) for k in keys[:3]]))
+            return {"differ": len(wrong), "detail": detail}
         await asyncio.sleep(0.2)
 
 

@@ -195,3 +195,20 @@ async def test_watcher_change_log_going_backwards_is_history_lost() -> None:
     coll.watch = regressing_watch  # type: ignore[method-assign]
     await h.run()
     assert any("went back from 40 to 3" in reason for reason in h.lost)
+
+
+async def test_watcher_reset_reopens_from_now_then_announces_the_loss() -> None:
+    coll = FakeCollection("orders", [[change(1, nx=True)], [change(2, nx=True)]], poll=True,
+                          head={"_data": "nx:0"})
+    h = Harness(coll, expect=1, mode="poll")
+    await h.watcher.start()
+    await asyncio.wait_for(h.done.wait(), 5)
+    h.expect = 3
+    h.done.clear()
+    h.watcher.reset("the server restarted")
+    await asyncio.wait_for(h.done.wait(), 5)
+    await h.watcher.stop()
+    assert h.lost == ["the server restarted"]
+    reopened = [c for c in coll.calls if c][-1]
+    assert "resume_after" not in reopened  # from now, not from the distrusted token
+    assert [c["_id"] for c in h.seen] == [{"_data": "nx:1"}, {"_data": "nx:2"}]
