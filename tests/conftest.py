@@ -79,3 +79,48 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGECAST_", "MONGODB_"))}
     env["CHANGECAST_DATA_DIR"] = str(tmp_path / "data")
     return env
+
+
+# ---- every response and WebSocket message of the whole run is scanned for secrets ----------
+
+SECRET_MARKERS = ("password_hash", "$argon2")
+SECRETS_SEEN: list[str] = []
+
+
+def _scan(where: str, payload: Any) -> None:
+    text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else str(payload)
+    for marker in SECRET_MARKERS:
+        if marker in text:
+            SECRETS_SEEN.append(f"{where}: {text[:200]}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_leaves_the_server() -> Iterator[None]:
+    """Wraps httpx (every HTTP response) and websockets (every message received) for the run,
+    then fails the session if any payload carried a password hash."""
+    import httpx
+    from websockets.asyncio.client import ClientConnection
+
+    send, recv = httpx.AsyncClient.send, ClientConnection.recv
+
+    async def scanned_send(self: httpx.AsyncClient, request: httpx.Request,
+                           **kwargs: Any) -> httpx.Response:
+        response = await send(self, request, **kwargs)
+        if not kwargs.get("stream"):
+            await response.aread()
+            _scan(f"{request.method} {request.url.path}", response.content)
+        return response
+
+    async def scanned_recv(self: ClientConnection, *args: Any, **kwargs: Any) -> Any:
+        message = await recv(self, *args, **kwargs)
+        _scan("websocket", message)
+        return message
+
+    httpx.AsyncClient.send = scanned_send  # type: ignore[method-assign]
+    ClientConnection.recv = scanned_recv  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        httpx.AsyncClient.send = send  # type: ignore[method-assign]
+        ClientConnection.recv = recv  # type: ignore[method-assign]
+    assert SECRETS_SEEN == [], SECRETS_SEEN[:5]
