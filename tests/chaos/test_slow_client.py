@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from backend.settings import DEFAULT_ADMIN_PASSWORD
 from tests.support.server import serve_site
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 WATCHERS = 10
-RATE = 150  # stock writes per second (enough to fill the slow reader's socket buffers)
-SECONDS = 5
+RATE = 60  # stock writes per second while latency is measured
+SECONDS = 4
 
 
 def percentile(values: list[float], point: float) -> float:
@@ -58,9 +59,21 @@ async def slow_reader(base: str) -> ClientConnection:
 
 async def one_run(base: str, admin: httpx.AsyncClient, products: list[str], offset: int,
                   *, with_slow: bool) -> tuple[list[float], ClientConnection | None]:
+    slow = None
+    if with_slow:
+        # First fill the kernel's buffers on both sides until the server has to queue for
+        # it: from then on it is a client that does not read.
+        slow = await slow_reader(base)
+        async with asyncio.timeout(60):
+            n = 0
+            while (await admin.get("/api/metrics")).json()["queued"] < 100:
+                await asyncio.gather(*(admin.put(f"/api/products/{p}/stock",
+                                                 json={"stock": offset + n + k})
+                                       for k, p in enumerate(products[:16])))
+                n += 16
+        offset += 100_000
     clients = [await watcher(base) for _ in range(WATCHERS)]
     tasks = [asyncio.create_task(listen(ws, seen)) for ws, seen in clients]
-    slow = await slow_reader(base) if with_slow else None
     sent: dict[str, float] = {}
 
     async def write(n: int) -> None:
@@ -98,24 +111,32 @@ async def test_a_client_that_stops_reading_is_cut_off_and_slows_nobody(
         assert login.status_code == 200
         products = [p["_id"] for p in
                     (await admin.get("/api/products", params={"limit": 500})).json()["items"]]
-        alone, _ = await one_run(base, admin, products, 1_000, with_slow=False)
-        crowded, slow = await one_run(base, admin, products, 5_000, with_slow=True)
-        assert slow is not None
+        # Alternating pairs on a shared, noisy machine: the medians of three p99s are compared.
+        alone_p99, crowded_p99, reasons = [], [], []
+        for pair in range(3):
+            alone, _ = await one_run(base, admin, products, 1_000_000 * pair + 1_000,
+                                     with_slow=False)
+            crowded, slow = await one_run(base, admin, products, 1_000_000 * pair + 5_000,
+                                          with_slow=True)
+            assert slow is not None
+            alone_p99.append(percentile(alone, 99))
+            crowded_p99.append(percentile(crowded, 99))
+            # Now the slow client reads what it was sent: a resync per subscription, saying why.
+            said = []
+            async with asyncio.timeout(15):
+                async for raw in slow:
+                    msg = json.loads(raw)
+                    if msg.get("type") == "resync":
+                        said.append(msg["reason"])
+                        if len(said) == 32:
+                            break
+            reasons.extend(said)
+            await slow.close()
         metrics: dict[str, Any] = (await admin.get("/api/metrics")).json()
-        # Now the slow client reads what it was sent: a resync that says why, per subscription.
-        reasons = []
-        print("metrics", {k: metrics[k] for k in ("cutoffs", "dropped", "queue_depth_max", "resyncs")})
-        async with asyncio.timeout(15):
-            async for raw in slow:
-                msg = json.loads(raw)
-                if msg.get("type") == "resync":
-                    reasons.append(msg["reason"])
-                    if len(reasons) == 32:
-                        break
-        await slow.close()
-    assert metrics["cutoffs"] >= 1 and metrics["dropped"] > 0
+    assert metrics["cutoffs"] == 3 and metrics["dropped"] > 0  # each slow client, once
     assert metrics["queue_depth_max"] <= 1_000  # the queue bound held
-    assert all("slow consumer" in reason for reason in reasons)
-    p99_alone, p99_crowded = percentile(alone, 99), percentile(crowded, 99)
-    print(f"p99 without the slow client {p99_alone:.1f} ms, with it {p99_crowded:.1f} ms")
-    assert p99_crowded <= 2 * max(p99_alone, 5.0), (p99_alone, p99_crowded)
+    assert len(reasons) == 3 * 32 and all("slow consumer" in reason for reason in reasons)
+    p99_alone, p99_crowded = statistics.median(alone_p99), statistics.median(crowded_p99)
+    print(f"p99 without the slow client {alone_p99} ms, with it {crowded_p99} ms; medians "
+          f"{p99_alone:.1f} / {p99_crowded:.1f} ms, ratio {p99_crowded / p99_alone:.2f}")
+    assert p99_crowded <= 2 * max(p99_alone, 5.0), (alone_p99, crowded_p99)
