@@ -145,9 +145,10 @@ class Subscriber:
         self.policy = policy
         self.subscriptions: dict[str, Subscription] = {}
         self._queue: deque[Delivery] = deque()
-        # The newest queued change per (subscription, key): coalescing finds it in O(1)
-        # instead of scanning a full queue for every delivery.
-        self._latest: dict[tuple[str, Any], Delivery] = {}
+        # The newest queued change per (subscription, key), built when the queue is first
+        # found full and kept while it stays so: coalescing finds its match in O(1) instead of
+        # scanning a full queue for every delivery. None while not needed (no cost per put).
+        self._latest: dict[tuple[str, Any], Delivery] | None = None
         self._ready = asyncio.Event()
         self.dropped = 0
         self.cutoffs = 0
@@ -184,7 +185,7 @@ class Subscriber:
         self.closed = True
         self.hub._subscribers.discard(self)
         self._queue.clear()
-        self._latest.clear()
+        self._latest = None
         self._ready.set()
 
     def send_control(self, message: dict[str, Any]) -> None:
@@ -196,13 +197,7 @@ class Subscriber:
         queue = self._queue
         count = min(limit, len(queue))
         items = [queue.popleft() for _ in range(count)]
-        latest = self._latest
-        if latest:
-            for item in items:
-                if item.event is not None:
-                    key = (item.sub_id, item.event.key)
-                    if latest.get(key) is item:
-                        del latest[key]
+        self._latest = None
         if not queue:
             self._ready.clear()
         return items
@@ -216,7 +211,7 @@ class Subscriber:
     def _put(self, delivery: Delivery) -> None:
         queue = self._queue
         queue.append(delivery)
-        if delivery.event is not None:
+        if self._latest is not None and delivery.event is not None:
             self._latest[(delivery.sub_id, delivery.event.key)] = delivery
         if len(queue) == 1:
             self._ready.set()
@@ -239,6 +234,8 @@ class Subscriber:
     def _coalesce(self, delivery: Delivery) -> bool:
         if delivery.op != "update" or delivery.event is None:
             return False
+        if self._latest is None:
+            self._latest = {(d.sub_id, d.event.key): d for d in self._queue if d.event is not None}
         queued = self._latest.get((delivery.sub_id, delivery.event.key))
         if queued is None or queued.event is None:
             return False
@@ -262,7 +259,7 @@ class Subscriber:
         self.hub.metrics.cutoffs += 1
         controls = [d for d in self._queue if d.message is not None]
         self._queue.clear()
-        self._latest.clear()
+        self._latest = None
         for control in controls:
             self._put(control)
         for sub_id in list(self.subscriptions):
