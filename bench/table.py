@@ -64,7 +64,7 @@ def rows() -> list[tuple[str, str, str, str]]:
                         f"{_n(row['hub']['deliveries_per_s_median'])} deliveries/s",
                         f"naive queue per subscriber: "
                         f"{_n(row['naive_baseline']['deliveries_per_s_median'])}/s "
-                        f"({row['ratio_vs_baseline']}×)", "`python -m bench.fanout`"))
+                        f"({row['ratio_vs_baseline']}\u00d7)", "`python -m bench.fanout`"))
         for row in fanout["over_sockets"]:
             out.append((f"fan-out over sockets, {row['clients']:,} clients",
                         f"{_n(row['deliveries_per_s_median'])} deliveries/s "
