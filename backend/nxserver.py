@@ -12,6 +12,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 
 _PR_SET_PDEATHSIG = 1
 
@@ -28,9 +30,21 @@ def _die_with_parent() -> None:
         sys.exit(0)
 
 
+def _watch_parent(parent: int) -> None:
+    """Backstop for PDEATHSIG: its SIGTERM asks NX-27017 for a clean stop, which it does not
+    always finish (seen under load). Once orphaned, give it 3 s, then end the process
+    (SQLite's journal makes that safe)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    time.sleep(3)
+    os._exit(0)
+
+
 def main() -> None:
     """Start NX-27017 with the arguments given on the command line."""
     _die_with_parent()
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True,
+                     name="parent-watch").start()
     logging.getLogger("nx_27017").setLevel(logging.WARNING)
     from nx_27017.nx_27017 import main as nx_main
 
