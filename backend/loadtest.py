@@ -118,17 +118,36 @@ class Watcher:
                     self.seen.setdefault(key, now)
 
 
+def stock_key(message: dict[str, Any]) -> str | None:
+    """``product=stock`` of a products change message: what a stock write is matched on."""
+    if message.get("type") != "change" or message.get("collection") != "products":
+        return None
+    stock = ((message.get("changes") or {}).get("set") or {}).get("stock")
+    if stock is None and isinstance(message.get("doc"), dict):
+        stock = message["doc"].get("stock")
+    return None if stock is None else f"{message['key']}={stock}"
+
+
 def change_keys(message: dict[str, Any]) -> list[str]:
     """The keys a change can be matched on: an order id, a product's new stock value."""
     if message.get("collection") == "orders" and message.get("op") in ("insert", "enter"):
         return [f"order:{message['key']}"]
-    if message.get("collection") == "products":
-        stock = (message.get("changes") or {}).get("set", {}).get("stock")
-        if stock is None and isinstance(message.get("doc"), dict):
-            stock = message["doc"].get("stock")
-        if stock is not None:
-            return [f"stock:{message['key']}={stock}"]
-    return []
+    key = stock_key(message)
+    return [f"stock:{key}"] if key is not None else []
+
+
+def latencies(sent: dict[str, float], clients: list[dict[str, float]]) -> tuple[list[float], int]:
+    """Milliseconds from each write's sending to each client first seeing it, and how many
+    (write, client) pairs never saw it."""
+    values, missed = [], 0
+    for key, at in sent.items():
+        for seen in clients:
+            arrival = seen.get(key)
+            if arrival is None:
+                missed += 1
+            else:
+                values.append(max(0.0, (arrival - at) * 1000))
+    return values, missed
 
 
 class LoadTest:
@@ -364,15 +383,8 @@ class LoadTest:
 
     def _report(self, elapsed: float, before: dict[str, Any], after: dict[str, Any],
                 stages: dict[str, Any]) -> dict[str, Any]:
-        latencies: list[float] = []
-        missed = 0
-        for write in self.writes:
-            for watcher in self.watchers:
-                seen = watcher.seen.get(write.key or "")
-                if seen is None:
-                    missed += 1
-                else:
-                    latencies.append(max(0.0, (seen - write.sent) * 1000))
+        pushed, missed = latencies({w.key: w.sent for w in self.writes if w.key},
+                                   [watcher.seen for watcher in self.watchers])
         tally = self.tally
         report = {
             "scenario": asdict(self.scenario), "url": self.url,
@@ -384,7 +396,7 @@ class LoadTest:
             "unexpected_errors": tally.unexpected,
             "throughput_rps": round(tally.requests / elapsed, 2) if elapsed else None,
             "api_latency_ms": spread(tally.latencies_ms),
-            "write_to_client_ms": spread(latencies),
+            "write_to_client_ms": spread(pushed),
             "writes": len(self.writes), "clients": len(self.watchers),
             "deliveries_expected": len(self.writes) * len(self.watchers),
             "deliveries_missed": missed,

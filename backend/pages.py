@@ -168,10 +168,7 @@ async def _render_cart(request: Request, message: dict[str, str] | None = None,
 
 
 def _quantity(value: Any) -> int:
-    try:
-        quantity = int(str(value).strip())
-    except ValueError:
-        raise ApiError(422, f"quantity must be a whole number, got {str(value)[:20]!r}") from None
+    quantity = _whole(value, "quantity")
     if not 1 <= quantity <= order_ops.MAX_QUANTITY:
         raise ApiError(422, f"quantity must be 1..{order_ops.MAX_QUANTITY}, got {quantity}")
     return quantity

@@ -38,6 +38,11 @@ def product_sort_key(product: Document) -> tuple[str, str, str]:
     return (str(product.get("category", "")), str(product.get("name", "")), str(product["_id"]))
 
 
+def low_stock(products: list[Document]) -> list[Document]:
+    """The products the admin's alert list shows: low or out of stock."""
+    return [p for p in products if stock_level(p) in ALERT_LEVELS]
+
+
 def status_filter(value: str | None) -> str | None:
     """A valid order status, or None for "all"; anything else is a ValueError."""
     if not value:
@@ -173,7 +178,7 @@ class AdminView(View):
     async def context(self) -> dict[str, Any]:
         products = await self.products()
         return {"orders": await self.orders(), "products": products,
-                "alerts": [p for p in products if stock_level(p) in ALERT_LEVELS],
+                "alerts": low_stock(products),
                 "status": self.status or "", "statuses": STATUSES}
 
     def render(self, delivery: Delivery) -> list[str]:
@@ -206,7 +211,7 @@ class AdminView(View):
             products = await self.products()
             return [f.render("_inventory_body.html", {"oob": "true"}, products=products),
                     f.render("_alerts.html", {"oob": "true"},
-                             alerts=[p for p in products if stock_level(p) in ALERT_LEVELS])]
+                             alerts=low_stock(products))]
         return []
 
 

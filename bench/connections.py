@@ -19,34 +19,18 @@ import resource
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
-
 from bench.report import chart_bars, write
-from bench.site import Site, site
-
-
-async def open_clients(bench: Site, count: int, subscribe: bool) -> list[ClientConnection]:
-    sockets: list[ClientConnection] = []
-    for start in range(0, count, 100):
-        batch = await asyncio.gather(*(connect(bench.ws, origin=bench.base)  # type: ignore[arg-type]
-                                       for _ in range(start, min(count, start + 100))))
-        if subscribe:
-            for ws in batch:
-                await ws.send('{"op":"subscribe","id":"p","collection":"products"}')
-            for ws in batch:
-                await ws.recv()
-        sockets.extend(batch)
-    return sockets
+from bench.site import site, watchers
 
 
 async def measure(clients: int, subscribe: bool) -> dict[str, Any]:
     async with site() as bench:
-        warm = await open_clients(bench, 50, subscribe)  # imports and pools warmed up
+        warm = await watchers(bench, 50, subscribe=subscribe, max_queue=16)  # imports and pools warmed up
         for ws in warm:
             await ws.close()
         await asyncio.sleep(1)
         before = bench.rss_kib()
-        sockets = await open_clients(bench, clients, subscribe)
+        sockets = await watchers(bench, clients, subscribe=subscribe, max_queue=16)
         await asyncio.sleep(2)  # idle
         after = bench.rss_kib()
         for ws in sockets:

@@ -22,12 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from websockets.asyncio.client import connect
 
 from bench import engine
-from bench.propagation import products_of
 from bench.report import chart_bars, write
-from bench.site import Site, site
+from bench.site import Site, hang_up, products_of, site, watchers
 
 
 async def burst(admin: httpx.AsyncClient, products: list[str], writes: int,
@@ -51,12 +49,7 @@ async def burst(admin: httpx.AsyncClient, products: list[str], writes: int,
 async def over_sockets(bench: Site, clients: int, writes: int) -> dict[str, Any]:
     counts = [0] * clients
     last = [0.0]
-    sockets = []
-    for _ in range(clients):
-        ws = await connect(bench.ws, origin=bench.base, max_queue=None)  # type: ignore[arg-type]
-        await ws.send('{"op":"subscribe","id":"p","collection":"products"}')
-        await ws.recv()
-        sockets.append(ws)
+    sockets = await watchers(bench, clients)
 
     async def listen(n: int) -> None:
         async for _ in sockets[n]:
@@ -72,11 +65,7 @@ async def over_sockets(bench: Site, clients: int, writes: int) -> dict[str, Any]
     deadline = time.perf_counter() + 60
     while sum(counts) < expected and time.perf_counter() < deadline:
         await asyncio.sleep(0.05)
-    for task in listeners:
-        task.cancel()
-    for ws in sockets:
-        with contextlib.suppress(Exception):
-            await ws.close()
+    await hang_up(sockets, listeners)
     await admin.aclose()
     received = sum(counts)
     elapsed = max(last[0], wrote) - started

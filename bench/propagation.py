@@ -30,10 +30,10 @@ from typing import Any
 
 import httpx
 from pymongo import AsyncMongoClient
-from websockets.asyncio.client import connect
 
+from backend.loadtest import latencies
 from bench.report import chart_bars, spread, write
-from bench.site import Site, site, stock_key
+from bench.site import Site, hang_up, products_of, site, stock_key, watchers
 from streaming.events import decode
 
 Arrivals = dict[str, float]  # key "product=stock" -> first time this client saw it
@@ -94,31 +94,9 @@ def staleness(sent: dict[str, float],
     return values, missed
 
 
-def latencies(sent: dict[str, float], clients: list[Arrivals]) -> tuple[list[float], int]:
-    values, missed = [], 0
-    for key, at in sent.items():
-        for seen in clients:
-            arrival = seen.get(key)
-            if arrival is None:
-                missed += 1
-            else:
-                values.append(max(0.0, (arrival - at) * 1000))
-    return values, missed
-
-
-async def products_of(bench: Site) -> list[str]:
-    async with httpx.AsyncClient(base_url=bench.base) as http:
-        return [p["_id"] for p in (await http.get("/api/products?limit=500")).json()["items"]]
-
-
 async def websockets(bench: Site, clients: int, rate: float, duration: float) -> dict[str, Any]:
     frames: list[list[tuple[float, bytes | str]]] = [[] for _ in range(clients)]
-    sockets = []
-    for _ in range(clients):
-        ws = await connect(bench.ws, origin=bench.base, max_queue=None)  # type: ignore[arg-type]
-        await ws.send('{"op":"subscribe","id":"p","collection":"products"}')
-        await ws.recv()  # subscribed
-        sockets.append(ws)
+    sockets = await watchers(bench, clients)
 
     async def listen(n: int) -> None:
         keep = frames[n].append
@@ -130,11 +108,7 @@ async def websockets(bench: Site, clients: int, rate: float, duration: float) ->
     writer = Writer(admin, await products_of(bench), rate)
     await writer.run(duration)
     await _quiet(lambda: sum(len(f) for f in frames), settle=1.0, limit=20)
-    for task in listeners:
-        task.cancel()
-    for ws in sockets:
-        with contextlib.suppress(Exception):
-            await ws.close()
+    await hang_up(sockets, listeners)
     await admin.aclose()
     seen: list[Arrivals] = []
     for received in frames:

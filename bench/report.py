@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 from pathlib import Path
 from typing import Any
+
+from backend.loadtest import percentile, spread
+
+__all__ = ["chart_bars", "machine", "percentile", "spread", "write"]
 
 
 def machine() -> dict[str, Any]:
@@ -21,19 +24,6 @@ def write(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**report, "machine": machine()}, indent=2) + "\n")
     print(f"wrote {path}")
-
-
-def percentile(values: list[float], point: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[max(0, math.ceil(point / 100 * len(ordered)) - 1)], 2)
-
-
-def spread(values: list[float]) -> dict[str, Any]:
-    """Count, p50, p95, p99 and max of ``values``."""
-    return {"count": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95),
-            "p99": percentile(values, 99), "max": round(max(values), 2) if values else None}
 
 
 def chart_bars(path: Path, title: str, labels: list[str], series: dict[str, list[Any]], *,

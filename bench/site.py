@@ -13,11 +13,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import msgspec
+from websockets.asyncio.client import ClientConnection, connect
 
+from backend import loadtest
 from backend.embedded import EmbeddedServer
 from backend.settings import DEFAULT_ADMIN_PASSWORD
 
@@ -103,12 +104,38 @@ async def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout: flo
 _decode = msgspec.json.Decoder()
 
 
-def stock_key(message: bytes | str) -> str | None:
-    """``product=stock`` of a products change message (what a stock write can be matched on)."""
-    msg: Any = _decode.decode(message)
-    if msg.get("type") != "change" or msg.get("collection") != "products":
-        return None
-    stock = ((msg.get("changes") or {}).get("set") or {}).get("stock")
-    if stock is None and isinstance(msg.get("doc"), dict):
-        stock = msg["doc"].get("stock")
-    return None if stock is None else f"{msg['key']}={stock}"
+def stock_key(raw: bytes | str) -> str | None:
+    """``product=stock`` of a raw products change frame (decoded only after the run)."""
+    return loadtest.stock_key(_decode.decode(raw))
+
+
+async def products_of(bench: Site) -> list[str]:
+    async with httpx.AsyncClient(base_url=bench.base) as http:
+        return [p["_id"] for p in (await http.get("/api/products?limit=500")).json()["items"]]
+
+
+async def watchers(bench: Site, count: int, *, subscribe: bool = True,
+                   max_queue: int | None = None) -> list[ClientConnection]:
+    """``count`` anonymous WebSocket clients on ``/ws`` (connected 100 at a time), each
+    subscribed to ``products`` and past its ``subscribed`` reply when ``subscribe``."""
+    sockets: list[ClientConnection] = []
+    for start in range(0, count, 100):
+        batch = await asyncio.gather(*(
+            connect(bench.ws, origin=bench.base, max_queue=max_queue)  # type: ignore[arg-type]
+            for _ in range(start, min(count, start + 100))))
+        if subscribe:
+            for ws in batch:
+                await ws.send('{"op":"subscribe","id":"p","collection":"products"}')
+            for ws in batch:
+                await ws.recv()
+        sockets.extend(batch)
+    return sockets
+
+
+async def hang_up(sockets: list[ClientConnection], tasks: list[asyncio.Task[None]]) -> None:
+    """Stop the listening tasks and close the sockets."""
+    for task in tasks:
+        task.cancel()
+    for ws in sockets:
+        with contextlib.suppress(Exception):
+            await ws.close()

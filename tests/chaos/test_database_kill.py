@@ -15,10 +15,9 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from tests.chaos.test_app_restart import converged
 from tests.support.instance import AppProcess, app_env
 from tests.support.procs import children_of, kill_quietly
-from tests.support.remote import RemoteView
+from tests.support.remote import RemoteView, converged
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

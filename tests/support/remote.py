@@ -113,3 +113,29 @@ class RemoteView:
 
 def comparable(docs: dict[str, dict[str, Any]], fields: tuple[str, ...]) -> dict[str, tuple[Any, ...]]:
     return {key: tuple(doc.get(f) for f in fields) for key, doc in docs.items()}
+
+
+async def converged(views: list[RemoteView], db: Any, timeout: float) -> dict[str, int]:
+    """Wait until every view equals the database; returns how many differ at the end."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        truth = {
+            "products": comparable({d["_id"]: d for d in await db.products.find({}).to_list()},
+                                   ("stock", "price_cents")),
+            "orders": comparable({d["_id"]: d for d in await db.orders.find({}).to_list()},
+                                 ("status", "total_cents")),
+        }
+        wrong = [v for v in views
+                 if comparable(v.docs, ("stock", "price_cents") if v.collection == "products"
+                               else ("status", "total_cents")) != truth[v.collection]]
+        if not wrong or asyncio.get_running_loop().time() > deadline:
+            detail = []
+            for view in wrong[:4]:
+                fields = ("stock", "price_cents") if view.collection == "products" \
+                    else ("status", "total_cents")
+                mine, theirs = comparable(view.docs, fields), truth[view.collection]
+                keys = [k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)]
+                detail.append((view.name, view.collection, len(keys),
+                               [(k, mine.get(k), theirs.get(k)) for k in keys[:3]]))
+            return {"differ": len(wrong), "detail": detail}
+        await asyncio.sleep(0.2)
