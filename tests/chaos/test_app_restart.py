@@ -17,6 +17,13 @@ from tests.support.remote import RemoteView, converged
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
+async def written(writes: dict[str, int], count: int, timeout: float = 30) -> None:
+    """Wait until the writer has ``count`` acknowledged writes."""
+    async with asyncio.timeout(timeout):
+        while writes["ok"] < count:
+            await asyncio.sleep(0.05)
+
+
 async def test_app_restart_with_50_clients_connected_every_view_converges(
     nx_uri: str, db_name: str, tmp_path: Path
 ) -> None:
@@ -50,7 +57,7 @@ async def test_app_restart_with_50_clients_connected_every_view_converges(
         async with asyncio.timeout(30):
             await asyncio.gather(*(view.connected.wait() for view in views))
         load = asyncio.create_task(writer())
-        await asyncio.sleep(2)
+        await written(writes, 10)  # the writer is going before the restart ...
         await asyncio.to_thread(app.stop, signal.SIGTERM)  # a deploy: graceful stop ...
         # ... and while nothing serves, the database still changes.
         await db.products.update_one({"_id": products[0]}, {"$set": {"stock": 4242}})
@@ -59,7 +66,7 @@ async def test_app_restart_with_50_clients_connected_every_view_converges(
         async with asyncio.timeout(30):
             while sum(v.reconnects > 0 and v.connected.is_set() for v in views) < len(views):
                 await asyncio.sleep(0.1)
-        await asyncio.sleep(2)
+        await written(writes, 20)  # ... and after it
         stop.set()
         await load
         result = await converged(views, db, timeout=20)
