@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -34,13 +35,15 @@ async def setup(db: Db, products: dict[str, int]) -> None:
 async def start_instance(client: AsyncMongoClient[dict[str, Any]], name: str, *,
                          reconcile_after_s: float = 30.0,
                          latency: tuple[int, int] = (2, 15), success_rate: float = 0.9,
-                         seed: int = 1) -> tuple[ChangeEngine, Pipeline]:
+                         seed: int = 1,
+                         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                         ) -> tuple[ChangeEngine, Pipeline]:
     engine = ChangeEngine(client[name], mode="poll")
     await engine.start()
     await engine.prime("products")
     pipeline = Pipeline(client[name], engine, reconcile_after_s=reconcile_after_s,
                         gateway=PaymentGateway(success_rate=success_rate, latency_ms=latency,
-                                               rng=random.Random(seed)))
+                                               rng=random.Random(seed), sleep=sleep))
     await pipeline.start()
     return engine, pipeline
 
@@ -158,18 +161,33 @@ async def test_pipeline_two_instances_exactly_once_and_survive_one_dying(
     clients = [AsyncMongoClient[dict[str, Any]](nx_uri, tz_aware=True) for _ in range(2)]
     db = clients[0][db_name]
     await setup(db, {f"P{i}": 1_000 for i in range(6)})
+    # The first instance's bank never answers: whatever it takes to payment stays claimed
+    # by it, which is the work a dying instance leaves behind.
+    held = 0
+    holding = asyncio.Event()
+    never = asyncio.Event()
+
+    async def bank_hangs(_delay: float) -> None:
+        nonlocal held
+        held += 1
+        if held >= 5:
+            holding.set()
+        await never.wait()
+
     first = await start_instance(clients[0], db_name, reconcile_after_s=1.5,
-                                 latency=(50, 150), seed=1)
+                                 latency=(50, 150), seed=1, sleep=bank_hangs)
     second = await start_instance(clients[1], db_name, reconcile_after_s=1.5,
                                   latency=(50, 150), seed=2)
     try:
         await place(db, first[0], 100, [f"P{i}" for i in range(6)], random.Random(5))
+        async with asyncio.timeout(30):
+            await holding.wait()
         # One instance dies mid-run: its in-flight work stops where it is, claims and all.
         await first[1].stop()
         await first[0].stop()
         orphaned = await db.orders.count_documents({"status": {"$in": sorted(AUTOMATIC)},
                                                     "claim": first[1].instance})
-        assert orphaned > 0, "the dying instance should leave claimed work behind"
+        assert orphaned >= 5, "the dying instance should leave claimed work behind"
         await place(db, second[0], 100, [f"P{i}" for i in range(6)], random.Random(6))
         orders = await settled(db, 200, timeout=60)
     finally:
