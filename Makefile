@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck bench chromium clean vendor
+.PHONY: run test lint typecheck bench chromium clean vendor screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,11 +42,11 @@ $(BENCH_STAMP): $(STAMP)
 
 # Benchmarks (not part of `make test`): JSON + PNG per benchmark in bench/results/.
 bench: $(BENCH_STAMP)
-	$(BIN)/python -m bench.propagation
-	$(BIN)/python -m bench.fanout
-	$(BIN)/python -m bench.cache
-	$(BIN)/python -m bench.pipeline
-	$(BIN)/python -m bench.connections
+	$(BIN)/changecast bench
+
+# Refresh the README's screenshots (docs/screenshots/) from a real browser run.
+screenshots: $(STAMP) chromium
+	CHANGECAST_SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest -q tests/browser -k screenshots
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -8,7 +8,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from backend import demo
+from backend import demo, stock
 from backend import orders as order_ops
 from backend.auth import current_user, require_admin, require_user, sign_in
 from backend.errors import ApiError
@@ -105,7 +105,7 @@ async def list_products(request: Request) -> Response:
     docs = engine.cache.documents("products")
     if docs is None:
         query = where.mongo if where else {}
-        docs = await request.state.db.products.find(query).sort(order).skip(offset) \
+        docs = await request.state.db.products.find(query, stock.NO_HOLDS).sort(order).skip(offset) \
             .limit(limit + 1).to_list()
         return _page(docs[:limit], seq, offset, limit, len(docs) > limit)
     if where is not None:
@@ -145,7 +145,7 @@ async def put_stock(request: Request) -> Response:
     """
     await require_admin(request)
     body = await read_body(request, StockBody)
-    doc = await order_ops.change_stock(request.state.db, request.state.engine,
+    doc = await stock.change_stock(request.state.db, request.state.engine,
                                        request.path_params["product_id"], stock=body.stock,
                                        delta=body.delta)
     return JSON(doc)

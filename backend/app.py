@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.schemas import SchemaGenerator
 from starlette.staticfiles import StaticFiles
 
-from backend import api, pages
+from backend import api, pages, stock
 from backend.analytics import LiveAnalytics
 from backend.auth import LoginThrottle
 from backend.database import Database, open_database
@@ -82,11 +82,15 @@ async def openapi(request: Request) -> Response:
     return JSON(schema)
 
 
+# Fields that never leave the server: the engine keeps them out of its cache and events.
+HIDDEN_FIELDS = {"users": ("password_hash",), **stock.HIDDEN}
+
+
 def build_engine(database: Database, settings: Settings) -> ChangeEngine:
     """One change stream per watched collection; polling on the embedded server."""
     return ChangeEngine(
         database.db, mode="poll" if database.kind == "embedded" else "await",
-        cache_size=settings.cache_size,
+        cache_size=settings.cache_size, hidden=HIDDEN_FIELDS,
         checkpoints=MongoCheckpoints(database.db.stream_checkpoints,
                                      instance_id=database.instance_id),
     )

@@ -1,12 +1,14 @@
-"""The ``changecast`` command: serve, seed, loadtest."""
+"""The ``changecast`` command: serve, seed, loadtest, bench."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import errno
+import importlib.util
 import logging
 import socket
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +26,8 @@ from seed.progress import ProgressBar
 logger = logging.getLogger("changecast.cli")
 
 EXIT_USAGE = 2
+# The benchmark suite (``bench/``), in the order ``make bench`` runs it.
+BENCHMARKS = ("propagation", "fanout", "cache", "pipeline", "connections")
 
 
 class CliError(Exception):
@@ -54,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--report", type=Path,
                       help="JSON report path (default loadtest-<scenario>.json)")
     load.add_argument("--admin-email", default="admin@example.com")
+    bench = sub.add_parser(
+        "bench", help="run the benchmarks: JSON + PNG in bench/results/, README table updated",
+        description="Run benchmarks against a fresh embedded database each. Needs a "
+                    "checkout of the repository and the bench extra (make bench installs it).")
+    bench.add_argument("names", nargs="*", metavar="NAME",
+                       help=f"which ones (default: all): {', '.join(BENCHMARKS)}")
     return parser
 
 
@@ -156,6 +166,32 @@ def run_loadtest(settings: Settings, args: argparse.Namespace) -> None:
     print(f"report written to {report_path}")
 
 
+def run_benchmarks(names: Sequence[str]) -> int:
+    """Run each benchmark as its own process (a fresh interpreter and database each), then
+    render the README table from the results; returns how many failed."""
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise CliError(f"unknown benchmark {unknown[0]!r}; expected one of "
+                       f"{', '.join(BENCHMARKS)}")
+    spec = importlib.util.find_spec("bench")
+    if spec is None or spec.origin is None:
+        raise CliError("the benchmarks live in the repository's bench/ directory: run "
+                       "`changecast bench` from a checkout (pip install -e '.[bench]')")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CliError("the benchmarks need the bench extra for their charts: "
+                       "pip install -e '.[bench]' (make bench does it)")
+    root = Path(spec.origin).resolve().parent.parent
+    failed = 0
+    for name in names or BENCHMARKS:
+        print(f"== bench.{name}", flush=True)
+        if subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=root).returncode:
+            print(f"changecast: bench.{name} failed", file=sys.stderr, flush=True)
+            failed += 1
+    if (root / "README.md").exists():
+        subprocess.run([sys.executable, "-m", "bench.table", "--write"], cwd=root, check=False)
+    return failed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``changecast`` console script."""
     args = build_parser().parse_args(argv)
@@ -173,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              seed_number=args.seed))
         elif args.command == "loadtest":
             run_loadtest(settings, args)
+        elif args.command == "bench":
+            return 1 if run_benchmarks(args.names) else 0
     except (SettingsError, DatabaseError, CliError) as exc:
         print(f"changecast: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,6 +9,7 @@ import random
 from typing import Any
 
 from backend import orders as order_ops
+from backend import stock
 from backend.auth import User, require_admin
 from backend.errors import ApiError
 
@@ -43,7 +44,7 @@ async def update_stock(db: Any, engine: Any, admin: User) -> Document:
         raise ApiError(409, "no products to simulate with")
     product = random.choice(products)
     delta = random.randint(-min(product["stock"], 15), 25)
-    return await order_ops.change_stock(db, engine, str(product["_id"]), delta=delta)
+    return await stock.change_stock(db, engine, str(product["_id"]), delta=delta)
 
 
 async def status_update(db: Any, engine: Any, admin: User) -> Document:

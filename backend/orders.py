@@ -1,9 +1,9 @@
-"""Orders: creation with server-side prices, the status state machine, stock changes.
+"""Orders: creation with server-side prices and the status state machine.
 
 Every transition is one conditional update on the current status, so two
 workers or two app instances can never apply the same transition twice. No
-multi-document transactions: stock moves are per-item conditional updates
-with compensation.
+multi-document transactions: stock moves (``backend.stock``) are per-item
+conditional updates with markers that make them exactly once.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import re
 import secrets
 import string
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from backend import stock
 from backend.errors import ApiError
-from seed.data import iso
+from backend.stock import SETTLE_S, now_iso
 
 Document = dict[str, Any]
 
@@ -43,13 +43,6 @@ _ID_ALPHABET = string.ascii_uppercase + string.digits
 _CORRELATION = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_ITEMS = 50
 MAX_QUANTITY = 1_000
-# How long a write waits to see itself on the change stream (well inside the API's
-# 0.8 s cap: the write has happened either way).
-SETTLE_S = 0.25
-
-
-def now_iso() -> str:
-    return iso(datetime.now(UTC))
 
 
 def new_order_id() -> str:
@@ -114,13 +107,19 @@ async def transition(db: AsyncDatabase[Document], engine: Any, order_id: str, ta
         allowed = ", ".join(sorted(TRANSITIONS[status])) or "nothing (final)"
         raise ApiError(409, f"order {order_id} is {status}; it can move to {allowed}, "
                             f"not {target}")
+    # Units of a reserved order go back, exactly once (see backend.stock).
+    restocks = target == "cancelled" and status in HOLDS_STOCK
+    if restocks:
+        extra = {**(extra or {}), "restock": "due"}
     updated = await apply_transition(db, current, target, actor=actor, extra=extra)
     if updated is None:
         fresh = await db.orders.find_one({"_id": order_id}, {"status": 1}) or {}
         raise ApiError(409, f"order {order_id} changed meanwhile; it is {fresh.get('status')}")
     await engine.settle("orders", order_id, updated, timeout=SETTLE_S)
-    if target == "cancelled" and status in HOLDS_STOCK:
-        await release_stock(db, engine, updated["items"])
+    if restocks:
+        await stock.restock(db, engine, updated, wait=True)
+    elif target == "cancelled":  # takes of a reservation that was still in flight
+        await stock.settle_takes(db, order_id, updated["items"], order=updated)
     return updated
 
 
@@ -145,43 +144,3 @@ async def apply_transition(db: AsyncDatabase[Document], current: Document, targe
     if result is None:
         result = await db.orders.find_one({"_id": current["_id"], "transition_id": token})
     return result
-
-
-async def release_stock(db: AsyncDatabase[Document], engine: Any,
-                        items: list[Document]) -> None:
-    """Give reserved units back (compensation)."""
-    for item in items:
-        product = await db.products.find_one_and_update(
-            {"_id": item["product_id"]},
-            {"$inc": {"stock": int(item["quantity"])}, "$set": {"updated_at": now_iso()}},
-            return_document=ReturnDocument.AFTER)
-        if product is not None:
-            await engine.settle("products", product["_id"], product, timeout=SETTLE_S)
-
-
-async def change_stock(db: AsyncDatabase[Document], engine: Any, product_id: str, *,
-                       stock: int | None = None, delta: int | None = None) -> Document:
-    """Set or shift a product's stock atomically; never below 0 (409)."""
-    if (stock is None) == (delta is None):
-        raise ApiError(422, 'send exactly one of "stock" or "delta"')
-    at = now_iso()
-    if stock is not None:
-        if stock < 0:
-            raise ApiError(409, f"stock cannot go below 0, got {stock}")
-        updated = await db.products.find_one_and_update(
-            {"_id": product_id}, {"$set": {"stock": stock, "updated_at": at}},
-            return_document=ReturnDocument.AFTER)
-    else:
-        assert delta is not None
-        updated = await db.products.find_one_and_update(
-            {"_id": product_id, "stock": {"$gte": max(0, -delta)}},
-            {"$inc": {"stock": delta}, "$set": {"updated_at": at}},
-            return_document=ReturnDocument.AFTER)
-    if updated is None:
-        product = await db.products.find_one({"_id": product_id}, {"stock": 1})
-        if product is None:
-            raise ApiError(404, f"no product {product_id!r}")
-        raise ApiError(409, f"stock of {product_id} is {product['stock']}; a change of {delta} "
-                            "would take it below 0")
-    await engine.settle("products", product_id, updated, timeout=SETTLE_S)
-    return updated

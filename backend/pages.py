@@ -22,6 +22,7 @@ from starlette.templating import Jinja2Templates
 
 from backend import demo
 from backend import orders as order_ops
+from backend import stock as stock_ops
 from backend.api import change_status, order_audit, visible_order
 from backend.auth import User, current_user, require_admin, require_user, sign_in, start_session
 from backend.errors import ApiError
@@ -287,11 +288,11 @@ def _whole(value: Any, name: str) -> int:
 async def product_stock(request: Request) -> str | None:
     await require_admin(request)
     form = await _form(request)
-    stock = form.get("stock")
+    level = form.get("stock")
     delta = form.get("delta")
-    await order_ops.change_stock(
+    await stock_ops.change_stock(
         request.state.db, request.state.engine, request.path_params["product_id"],
-        stock=_whole(stock, "stock") if stock not in (None, "") else None,
+        stock=_whole(level, "stock") if level not in (None, "") else None,
         delta=_whole(delta, "delta") if delta not in (None, "") else None)
     return None
 

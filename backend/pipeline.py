@@ -28,8 +28,9 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from backend import stock
 from backend.analytics import iso_seconds_ago
-from backend.orders import apply_transition, now_iso
+from backend.orders import apply_transition
 from streaming import BreakerOpenError, ChangeEngine, ChangeEvent
 
 logger = logging.getLogger("changecast.pipeline")
@@ -111,7 +112,7 @@ class Pipeline:
         self._unlisten: Callable[[], None] | None = None
         self.stage_ms: dict[str, list[float]] = {}
         self.counters = {"transitions": 0, "claims_lost": 0, "reconciled": 0,
-                         "reconcile_sweeps": 0, "errors": 0}
+                         "reconcile_sweeps": 0, "stock_repairs": 0, "errors": 0}
         self._admins: list[str] = []
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -245,40 +246,28 @@ class Pipeline:
 
     async def _reserve(self, order: Document) -> Document | None:
         started = time.perf_counter()
-        taken: list[Document] = []
-        failure = None
-        log = {"correlation_id": order.get("correlation_id"), "order_id": order["_id"]}
-        logger.debug("reserving %d items", len(order["items"]), extra=log)
-        for item in order["items"]:
-            try:
-                product = await self.db.products.find_one_and_update(
-                    {"_id": item["product_id"], "stock": {"$gte": int(item["quantity"])}},
-                    {"$inc": {"stock": -int(item["quantity"])}, "$set": {"updated_at": now_iso()}},
-                    return_document=ReturnDocument.AFTER)
-            except PyMongoError:
-                # The order stays pending and will be re-driven: give back what this attempt
-                # took (best effort: the database may be down for that too).
-                with contextlib.suppress(PyMongoError):
-                    await self._release(taken)
-                raise
-            if product is None:
-                exists = await self.db.products.find_one({"_id": item["product_id"]}, {"_id": 1})
-                failure = (f"out of stock: {item['product_id']}" if exists
-                           else f"unknown product: {item['product_id']}")
+        order_id, items = str(order["_id"]), order["items"]
+        logger.debug("reserving %d items", len(items),
+                     extra={"correlation_id": order.get("correlation_id"), "order_id": order_id})
+        failure, taken = None, 0
+        for item in items:
+            # Exactly once even when this is a re-drive of an attempt that died half-way:
+            # the product remembers which orders it gave units to (backend.stock).
+            failure = await stock.take(self.db, order_id, item)
+            if failure is not None:
                 break
-            taken.append(item)
+            taken += 1
         if taken:  # a nudge promises a change: the watcher treats silence after it as a stall
             self.engine.nudge("products")
-        reserved = None
         if failure is not None:
-            await self._release(taken)
-            await self._advance(order, "rejected", "pipeline", extra={"failure_reason": failure})
+            moved = await self._advance(order, "rejected", "pipeline",
+                                        extra={"failure_reason": failure})
         else:
-            reserved = await self._advance(order, "reserved", "pipeline")
-            if reserved is None:
-                await self._release(taken)  # another instance got there first: give it back
+            moved = await self._advance(order, "reserved", "pipeline")
+        # Ours, or whatever the order became meanwhile, says commit or give back.
+        await stock.settle_takes(self.db, order_id, items, order=moved)
         self._stage("reserve", started)
-        return reserved
+        return moved if moved is not None and moved["status"] == "reserved" else None
 
     async def _pay(self, order: Document) -> Document | None:
         started = time.perf_counter()
@@ -293,18 +282,11 @@ class Pipeline:
         if result.ok:
             return await self._advance(order, "paid", "payment", extra={"payment": payment})
         failed = await self._advance(order, "payment_failed", "payment",
-                                     extra={"payment": payment, "failure_reason": result.reason})
+                                     extra={"payment": payment, "failure_reason": result.reason,
+                                            "restock": "due"})
         if failed is not None:
-            await self._release(order["items"])
+            await stock.restock(self.db, self.engine, failed)
         return None
-
-    async def _release(self, items: list[Document]) -> None:
-        for item in items:
-            await self.db.products.update_one(
-                {"_id": item["product_id"]},
-                {"$inc": {"stock": int(item["quantity"])}, "$set": {"updated_at": now_iso()}})
-        if items:
-            self.engine.nudge("products")
 
     def _stage(self, stage: str, started: float) -> None:
         samples = self.stage_ms.setdefault(stage, [])
@@ -337,7 +319,7 @@ class Pipeline:
     async def _notify(self, notification_id: str, user_id: str, kind: str, message: str, *,
                       order_id: str | None = None) -> None:
         doc = {"_id": notification_id, "user_id": user_id, "order_id": order_id, "kind": kind,
-               "message": message, "created_at": now_iso(), "read": False}
+               "message": message, "created_at": stock.now_iso(), "read": False}
         with contextlib.suppress(DuplicateKeyError, PyMongoError):
             await self.db.notifications.insert_one(doc)
             self.engine.nudge("notifications")
@@ -369,6 +351,8 @@ class Pipeline:
             {"_id": 1}).to_list()
         for doc in stuck:
             self._queue.put_nowait(str(doc["_id"]))
+        swept = await stock.sweep(self.db, self.engine, stale_before=cutoff)
+        self.counters["stock_repairs"] += sum(swept.values())
         self.counters["reconcile_sweeps"] += 1
         self.counters["reconciled"] += len(stuck)
         if stuck:

@@ -26,7 +26,6 @@ logger = logging.getLogger("changecast.ws")
 MAX_MESSAGE = 64 * 1024
 MAX_SUBSCRIPTIONS = 32
 OWNED = {"orders", "notifications"}  # customers see only their own documents
-SECRET_FIELDS = {"password_hash"}
 
 
 def restriction_for(user: User | None, collection: str) -> tuple[bool, dict[str, Any] | None]:
@@ -40,21 +39,6 @@ def restriction_for(user: User | None, collection: str) -> tuple[bool, dict[str,
     if collection in OWNED:
         return True, {"user_id": user.id}
     return True, None
-
-
-def scrub(message: dict[str, Any]) -> dict[str, Any]:
-    """Remove secret fields from a users change before it leaves the server."""
-    if message.get("collection") != "users":
-        return message
-    doc = message.get("doc")
-    if isinstance(doc, dict):
-        message["doc"] = {k: v for k, v in doc.items() if k not in SECRET_FIELDS}
-    changes = message.get("changes")
-    if isinstance(changes, dict):
-        changes["set"] = {k: v for k, v in changes["set"].items()
-                          if k.split(".")[0] not in SECRET_FIELDS}
-        changes["unset"] = [p for p in changes["unset"] if p.split(".")[0] not in SECRET_FIELDS]
-    return message
 
 
 def _error(code: str, message: str, sub_id: Any = None) -> dict[str, Any]:
@@ -182,7 +166,7 @@ class Connection(Session):
 
     @staticmethod
     def _encode(delivery: Delivery) -> str:
-        return dumps(scrub(delivery.to_message())).decode()
+        return dumps(delivery.to_message()).decode()
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:

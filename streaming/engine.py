@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bson import Timestamp
@@ -49,9 +49,13 @@ class ChangeEngine:
                  policy: OverflowPolicy = "coalesce",
                  checkpoints: CheckpointStore | None = None,
                  breaker: CircuitBreaker | None = None, idle_interval: float = 0.025,
-                 backoff_max: float = 5.0) -> None:
+                 backoff_max: float = 5.0,
+                 hidden: Mapping[str, Iterable[str]] | None = None) -> None:
         self.database = database
         self.collections = tuple(collections)
+        # Top-level fields that never leave the database through the engine: not cached,
+        # not in events, and a change to nothing else emits no event (secrets, bookkeeping).
+        self.hidden = {name: frozenset(fields) for name, fields in (hidden or {}).items()}
         self.mode: WatchMode = mode
         self.metrics = EngineMetrics()
         self.breaker = breaker or CircuitBreaker(failure_threshold=3, reset_timeout=2.0,
@@ -141,6 +145,7 @@ class ChangeEngine:
         read-your-writes for the API. False when it did not arrive within ``timeout``
         (e.g. a later write got there first on a server that looks documents up late).
         """
+        doc = self.visible(collection, doc)
         if self.cache.stream_version(collection, key) == doc:
             return True
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -162,9 +167,17 @@ class ChangeEngine:
         """A document through the cache (read-through on a miss, guarded by the breaker)."""
         return await self.cache.get(collection, key)
 
+    def visible(self, collection: str, doc: Document | None) -> Document | None:
+        """``doc`` without the collection's hidden fields (the form the engine hands out)."""
+        hidden = self.hidden.get(collection)
+        if not hidden or doc is None or hidden.isdisjoint(doc):
+            return doc
+        return {k: v for k, v in doc.items() if k not in hidden}
+
     async def prime(self, collection: str) -> int:
         """Load a collection into the cache as stream versions (call right after start)."""
-        docs = [decode(d) async for d in self.database[collection].find({})]
+        docs = [self._visible_decoded(collection, d)
+                async for d in self.database[collection].find({})]
         self.cache.prime(collection, docs)
         return len(docs)
 
@@ -186,7 +199,12 @@ class ChangeEngine:
 
     async def _load(self, collection: str, key: Any) -> Document | None:
         doc = await self.database[collection].find_one({"_id": key})
-        return decode(doc) if doc is not None else None
+        return self._visible_decoded(collection, doc) if doc is not None else None
+
+    def _visible_decoded(self, collection: str, raw: Document) -> Document:
+        doc: Document = decode(raw)
+        visible = self.visible(collection, doc)
+        return doc if visible is None else visible
 
     def _handle(self, collection: str, raw: Document) -> None:
         event = self._normalize(collection, raw)
@@ -211,7 +229,7 @@ class ChangeEngine:
             return None
         key = decode((raw.get("documentKey") or {}).get("_id"))
         full = raw.get("fullDocument")
-        doc = decode(full) if full is not None else None
+        doc = self._visible_decoded(collection, full) if full is not None else None
         known = self.cache.stream_version(collection, key)
         before = None if known is ABSENT or op == "insert" else known
         changes = None
@@ -225,6 +243,9 @@ class ChangeEngine:
                 return None  # deleted before the lookup; the delete event follows
             if op == "update" and description:
                 changes = changes_from_description(description)
+                hidden = self.hidden.get(collection)
+                if hidden:
+                    changes = changes.without(hidden)
             elif before is not None:
                 changes = diff(before, doc)
             else:

@@ -28,6 +28,11 @@ class Changes:
         """The wire form ``{"set": {...}, "unset": [...]}``."""
         return {"set": self.set, "unset": list(self.unset)}
 
+    def without(self, fields: frozenset[str]) -> Changes:
+        """These changes minus every path under the top-level ``fields``."""
+        return Changes({p: v for p, v in self.set.items() if p.split(".", 1)[0] not in fields},
+                       tuple(p for p in self.unset if p.split(".", 1)[0] not in fields))
+
 
 @dataclass(frozen=True, slots=True)
 class ChangeEvent:

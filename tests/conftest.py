@@ -83,7 +83,8 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
 
 # ---- every response and WebSocket message of the whole run is scanned for secrets ----------
 
-SECRET_MARKERS = ("password_hash", "$argon2")
+# A password hash, or the order ids a product holds units for (other customers' orders).
+SECRET_MARKERS = ("password_hash", "$argon2", "\"holds\"")
 SECRETS_SEEN: list[str] = []
 
 

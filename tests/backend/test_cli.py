@@ -143,6 +143,19 @@ def test_cli_bad_setting_and_unknown_option(clean_env: dict[str, str]) -> None:
     assert missing.returncode == 2 and "usage: changecast" in missing.stderr
 
 
+def test_cli_bench_names_its_benchmarks_and_refuses_unknown_ones(
+    clean_env: dict[str, str]
+) -> None:
+    listed = run_cli(["bench", "--help"], clean_env)
+    assert listed.returncode == 0
+    assert all(name in listed.stdout for name in ("propagation", "fanout", "cache", "pipeline",
+                                                  "connections"))
+    unknown = run_cli(["bench", "propagation", "warp-speed"], clean_env)
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert "unknown benchmark 'warp-speed'; expected one of propagation" in unknown.stderr
+    assert "== bench." not in unknown.stdout  # refused before anything ran
+
+
 def test_cli_seed_is_idempotent_and_resettable(nx_uri: str, db_name: str,
                                                clean_env: dict[str, str]) -> None:
     env = {**clean_env, "MONGODB_URI": nx_uri, "CHANGECAST_DB": db_name, "CHANGECAST_DEMO": "on"}

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from backend.auth import User
-from backend.ws import restriction_for, scrub
+from backend.ws import restriction_for
 
 ADMIN = User("user-admin", "admin@example.com", "Admin", "admin")
 ALICE = User("user-customer01", "customer01@example.com", "Alice", "customer")
@@ -17,14 +17,3 @@ def test_restriction_rules_per_role_and_collection() -> None:
     assert restriction_for(ALICE, "products") == (True, None)
     for collection in ("orders", "notifications", "users", "products"):
         assert restriction_for(ADMIN, collection) == (True, None)
-
-
-def test_scrub_removes_password_hashes_from_docs_and_changes() -> None:
-    message = {"collection": "users", "doc": {"_id": "u", "password_hash": "$argon2id$x"},
-               "changes": {"set": {"password_hash": "h", "name": "n", "password_hash.x": 1},
-                           "unset": ["password_hash", "nick"]}}
-    clean = scrub(message)
-    assert clean["doc"] == {"_id": "u"}
-    assert clean["changes"] == {"set": {"name": "n"}, "unset": ["nick"]}
-    other = {"collection": "orders", "doc": {"password_hash": "kept: not a users document"}}
-    assert scrub(other) is other

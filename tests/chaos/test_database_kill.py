@@ -16,6 +16,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from tests.support.instance import AppProcess, app_env
+from tests.support.ledger import AUTOMATIC, UNFINISHED, sold
 from tests.support.procs import children_of, kill_quietly
 from tests.support.remote import RemoteView, converged
 
@@ -23,7 +24,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 ORDERS = 150
 STOCK_WRITES = 3_900
-AUTOMATIC = ["pending", "reserved", "paid"]
 
 
 def nx_child(app: AppProcess) -> tuple[int, int]:
@@ -44,7 +44,7 @@ async def test_kill_9_of_the_database_under_load_loses_and_repeats_nothing(tmp_p
         f"mongodb://127.0.0.1:{nx_port}/?directConnection=true", tz_aware=True)
     db = mongo["changecast"]
     async with asyncio.timeout(30):  # seeded orders the pipeline picks up at start move stock
-        while await db.orders.count_documents({"status": {"$in": AUTOMATIC}}):
+        while await db.orders.count_documents(UNFINISHED):
             await asyncio.sleep(0.2)
     products = await db.products.find({}).sort("_id", 1).to_list()
     ordered = [p["_id"] for p in products if p["stock"] >= 40][:12]  # orders draw on these
@@ -102,7 +102,7 @@ async def test_kill_9_of_the_database_under_load_loses_and_repeats_nothing(tmp_p
                         "restarts"] < 1:
                     await asyncio.sleep(0.2)
             async with asyncio.timeout(90):  # the reconciler finishes what the kill interrupted
-                while await db.orders.count_documents({"status": {"$in": AUTOMATIC}}):
+                while await db.orders.count_documents(UNFINISHED):
                     await asyncio.sleep(0.3)
             metrics = (await http.get("/api/metrics")).json()
             changes = metrics["changes_total"] - before
@@ -130,10 +130,6 @@ async def test_kill_9_of_the_database_under_load_loses_and_repeats_nothing(tmp_p
         statuses = [h["status"] for h in order["history"]]
         assert len(statuses) == len(set(statuses)), f"{order['_id']} repeated a transition"
         assert audit[order["_id"]] == len(statuses), f"{order['_id']} audit {audit[order['_id']]}"
-    held = Counter[str]()
-    for order in orders:
-        if order["status"] == "processing":
-            for item in order["items"]:
-                held[item["product_id"]] += item["quantity"]
+    taken = sold(orders)
     for product in ordered:  # stock moved exactly once per reservation and release
-        assert final[product] == initial[product] - held[product], product
+        assert final[product] == initial[product] - taken[product], product

@@ -11,6 +11,7 @@ import pytest
 from pymongo import MongoClient
 
 from tests.support.instance import AppProcess, app_env
+from tests.support.ledger import AUTOMATIC, UNFINISHED, shelf, sold
 from tests.support.procs import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -37,21 +38,24 @@ def test_two_processes_exactly_once_and_nothing_stuck_after_one_is_killed(
     client: MongoClient[dict[str, Any]] = MongoClient(nx_uri)
     db = client[db_name]
     try:
+        # Seeded orders still moving when the instances started move stock too: let them.
+        wait_until(lambda: db.orders.count_documents(UNFINISHED) == 0, 30, "the seed to settle")
         seeded = {o["_id"] for o in db.orders.find({}, {"_id": 1})}
-        products = [p["_id"] for p in db.products.find({"stock": {"$gte": 50}}, {"_id": 1})]
+        initial = {p["_id"]: p["stock"] for p in db.products.find({})}
+        products = [p for p, count in sorted(initial.items()) if count >= 50]
         for n in range(100):
             first.order(f"user-customer{n % 20 + 1:02d}", products[n % len(products)])
         in_flight = db.orders.count_documents({"_id": {"$nin": list(seeded)},
-                                               "status": {"$in": ["pending", "reserved", "paid"]}})
+                                               "status": {"$in": AUTOMATIC}})
         first.stop()  # SIGKILL mid-run
         for n in range(100):
             second.order(f"user-customer{n % 20 + 1:02d}", products[n % len(products)])
 
-        def settled() -> bool:
-            return db.orders.count_documents(
-                {"status": {"$in": ["pending", "reserved", "paid"]}}) == 0
-
-        wait_until(settled, 60, "every order to leave pending/reserved/paid")
+        wait_until(lambda: db.orders.count_documents(UNFINISHED) == 0, 60,
+                   "every order to leave pending/reserved/paid and give back what it must")
+        # Whatever the killed instance was doing to a product, the survivor's sweep ends it.
+        wait_until(lambda: all(not p.get("holds") for p in db.products.find({}, {"holds": 1})),
+                   30, "no stock marker left")
         orders = [o for o in db.orders.find({}) if o["_id"] not in seeded]
         assert len(orders) == 200
         assert {o["status"] for o in orders} <= {"processing", "rejected", "payment_failed"}
@@ -60,6 +64,9 @@ def test_two_processes_exactly_once_and_nothing_stuck_after_one_is_killed(
             statuses = [h["status"] for h in order["history"]]
             assert len(statuses) == len(set(statuses)), order["_id"]
             assert audit[order["_id"]] == len(statuses), order["_id"]
+        taken = sold(orders)
+        assert shelf(db.products.find({})) == {p: (count - taken[p], [])
+                                               for p, count in initial.items()}
         print(f"orders in flight when the first instance was killed: {in_flight}")
     finally:
         client.close()

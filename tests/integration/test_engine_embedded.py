@@ -194,3 +194,34 @@ async def test_engine_survives_kill_9_of_the_embedded_server(tmp_path: Path) -> 
             if p is not None:
                 p.kill()
                 p.wait()
+
+
+async def test_hidden_fields_stay_in_the_database(
+    mongo: AsyncMongoClient[dict[str, Any]], db_name: str
+) -> None:
+    db = mongo[db_name]
+    await db.products.insert_one({"_id": "P", "stock": 5, "holds": []})
+    engine = ChangeEngine(db, mode="poll", collections=("products",),
+                          hidden={"products": ("holds",)})
+    await engine.start()
+    events: list[ChangeEvent] = []
+    engine.listen(events.append)
+    try:
+        assert await engine.prime("products") == 1
+        assert await engine.get("products", "P") == {"_id": "P", "stock": 5}
+        # A change to a hidden field alone emits nothing; one that also moves stock shows
+        # only the stock.
+        await db.products.update_one({"_id": "P"}, {"$push": {"holds": "ORD-1"}})
+        await db.products.update_one({"_id": "P"}, {"$inc": {"stock": -2},
+                                                    "$push": {"holds": "ORD-2"}})
+        visible = {"_id": "P", "stock": 3}
+        assert await engine.settle("products", "P", visible | {"holds": ["ORD-1", "ORD-2"]})
+        await db.products.insert_one({"_id": "Q", "stock": 1, "holds": ["ORD-3"]})
+        assert await engine.settle("products", "Q", {"_id": "Q", "stock": 1})
+    finally:
+        await engine.stop()
+    assert [(e.op, e.key, e.doc, e.changes.set if e.changes else None) for e in events] == [
+        ("update", "P", visible, {"stock": 3}), ("insert", "Q", {"_id": "Q", "stock": 1}, None)]
+    assert engine.cache.peek("products", "P") == visible
+    assert engine.metrics.empty_updates == 1
+    assert engine.visible("orders", {"holds": 1}) == {"holds": 1}  # other collections keep it

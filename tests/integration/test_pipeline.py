@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
+from backend import stock
 from backend.analytics import LiveAnalytics
 from backend.orders import create_order
 from backend.pipeline import AUTOMATIC, PaymentGateway, Pipeline
 from streaming import ChangeEngine
+from tests.support.ledger import shelf, sold
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -49,13 +51,16 @@ async def start_instance(client: AsyncMongoClient[dict[str, Any]], name: str, *,
 
 
 async def settled(db: Db, expected: int, timeout: float = 90) -> list[dict[str, Any]]:
-    """Wait until every order left the statuses the pipeline moves on by itself."""
+    """Wait until every order left the statuses the pipeline moves on by itself and has the
+    units it gave up back on the shelf."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         orders = await db.orders.find({}).to_list()
-        if len(orders) == expected and not any(o["status"] in AUTOMATIC for o in orders):
+        if len(orders) == expected and not any(o["status"] in AUTOMATIC
+                                               or o.get("restock") == "due" for o in orders):
             return orders
-        stuck = Counter(o["status"] for o in orders)
+        stuck = Counter(o["status"] + (" (restock due)" if o.get("restock") == "due" else "")
+                        for o in orders)
         assert asyncio.get_running_loop().time() < deadline, f"orders stuck: {stuck}"
         await asyncio.sleep(0.1)
 
@@ -112,14 +117,9 @@ async def test_pipeline_500_orders_20_customers_end_states_stock_and_trails(
     assert 0.8 <= statuses["processing"] / reserved <= 0.97, statuses
     assert statuses["rejected"] > 0  # SCARCE runs out
     assert all("out of stock" in o["failure_reason"] for o in orders if o["status"] == "rejected")
-    sold: Counter[str] = Counter()
-    for order in orders:
-        if order["status"] == "processing":
-            for item in order["items"]:
-                sold[item["product_id"]] += item["quantity"]
-    final = {p["_id"]: p["stock"] for p in await db.products.find({}).to_list()}
-    for pid, stock in initial.items():
-        assert final[pid] == stock - sold[pid] >= 0, pid
+    taken = sold(orders)
+    assert shelf(await db.products.find({}).to_list()) == {
+        pid: (count - taken[pid], []) for pid, count in initial.items()}
     audit = await db.audit.find({}).to_list()
     notes = await db.notifications.find({}).to_list()
     check_trails(orders, audit, notes)
@@ -203,5 +203,11 @@ async def test_pipeline_two_instances_exactly_once_and_survive_one_dying(
         vdb = verify[db_name]
         check_trails(orders, await vdb.audit.find({}).to_list(),
                      await vdb.notifications.find({}).to_list())
+        # Units: what was sold left the shelf, exactly once, whatever the dead instance
+        # was doing when it stopped (its last sweep may still be due: run one).
+        await stock.sweep(vdb, second[0], stale_before=stock.now_iso())
+        products = await vdb.products.find({}).to_list()
     finally:
         await verify.close()
+    taken = sold(orders)
+    assert shelf(products) == {f"P{i}": (1_000 - taken[f"P{i}"], []) for i in range(6)}

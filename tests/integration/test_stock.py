@@ -1,0 +1,165 @@
+"""Stock moves stay exactly once when the process dies between two documents' updates.
+
+Each test leaves the database the way a process killed at one precise point
+would (the real functions, stopped half-way), then lets the pipeline's sweep,
+the reconciler or a retry finish, and counts units.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from backend import stock
+from backend.orders import apply_transition, create_order, transition
+from backend.pipeline import PaymentGateway, Pipeline
+from streaming import ChangeEngine
+from tests.integration.test_pipeline import settled, setup
+from tests.support.ledger import shelf, sold
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+Db = Any
+LONG_AGO = "2020-01-01T00:00:00.000Z"
+
+
+async def units(db: Db) -> dict[str, tuple[int, list[str]]]:
+    return shelf(await db.products.find({}).to_list())
+
+
+async def order_for(db: Db, engine: ChangeEngine, items: list[tuple[str, int]]) -> dict[str, Any]:
+    return await create_order(db, engine, user_id="c01", items=items, correlation="k",
+                              actor="customer")
+
+
+@contextlib.asynccontextmanager
+async def shop(db: Db, products: dict[str, int]) -> AsyncIterator[ChangeEngine]:
+    """The products and customers, and an engine that hides stock marks as the app's does."""
+    await setup(db, products)
+    engine = ChangeEngine(db, mode="poll", hidden=stock.HIDDEN)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+@pytest.fixture
+async def ab(mongo: AsyncMongoClient[dict[str, Any]],
+             db_name: str) -> AsyncIterator[tuple[Db, ChangeEngine]]:
+    """Products A and B with 10 units each."""
+    db = mongo[db_name]
+    async with shop(db, {"A": 10, "B": 10}) as engine:
+        yield db, engine
+
+
+async def test_a_reservation_that_died_half_way_is_re_driven_without_taking_twice(
+    ab: tuple[Db, ChangeEngine]
+) -> None:
+    db, engine = ab
+    order = await order_for(db, engine, [("A", 3), ("B", 2)])
+    # A worker of a dead instance took A, then died: the order is pending, claimed, old.
+    assert await stock.take(db, order["_id"], order["items"][0]) is None
+    await db.orders.update_one({"_id": order["_id"]},
+                               {"$set": {"claim": "dead", "claim_at": 0,
+                                         "updated_at": LONG_AGO}})
+    assert (await units(db))["A"] == (7, [order["_id"]])
+    # Taking again for the same order is a no-op that still says "taken".
+    assert await stock.take(db, order["_id"], order["items"][0]) is None
+    assert (await units(db))["A"] == (7, [order["_id"]])
+    pipeline = Pipeline(db, engine, reconcile_after_s=1,
+                        gateway=PaymentGateway(success_rate=1.0, latency_ms=(1, 2)))
+    await pipeline.start()  # picks up what was left over
+    try:
+        [done] = await settled(db, 1, timeout=20)
+    finally:
+        await pipeline.stop()
+    assert done["status"] == "processing"
+    assert await units(db) == {"A": (7, []), "B": (8, [])}
+
+
+async def test_the_sweep_commits_takes_of_reserved_orders_and_gives_back_the_others(
+    ab: tuple[Db, ChangeEngine]
+) -> None:
+    db, engine = ab
+    kept = await order_for(db, engine, [("A", 1), ("B", 1)])
+    dropped = await order_for(db, engine, [("A", 2), ("B", 5)])
+    in_flight = await order_for(db, engine, [("B", 1)])
+    for order in (kept, dropped, in_flight):
+        for item in order["items"]:
+            assert await stock.take(db, order["_id"], item) is None
+    # Died right after each transition, before the markers were settled.
+    await apply_transition(db, kept, "reserved", actor="pipeline")
+    await apply_transition(db, dropped, "rejected", actor="pipeline")
+    assert await units(db) == {"A": (7, [kept["_id"], dropped["_id"]]),
+                               "B": (3, [kept["_id"], dropped["_id"], in_flight["_id"]])}
+    first = await stock.sweep(db, engine, stale_before=LONG_AGO)
+    again = await stock.sweep(db, engine, stale_before=LONG_AGO)
+    assert first == {"committed": 2, "given_back": 2, "restocked": 0, "cleared": 0}
+    assert again == {"committed": 0, "given_back": 0, "restocked": 0, "cleared": 0}
+    # kept: sold; dropped: back on the shelf; in_flight (still pending): left to its driver.
+    assert await units(db) == {"A": (9, []), "B": (8, [in_flight["_id"]])}
+
+
+async def test_a_cancelled_order_gets_its_units_back_once_whatever_dies_when(
+    ab: tuple[Db, ChangeEngine]
+) -> None:
+    db, engine = ab
+    orders = []
+    for _ in range(3):
+        order = await order_for(db, engine, [("A", 2), ("B", 1)])
+        for item in order["items"]:
+            await stock.take(db, order["_id"], item)
+        reserved = await apply_transition(db, order, "reserved", actor="pipeline")
+        assert reserved is not None
+        await stock.commit(db, order["_id"], order["items"])
+        orders.append(reserved)
+    assert await units(db) == {"A": (4, []), "B": (7, [])}
+    # 1: died right after the cancel transition: nothing given back yet.
+    await apply_transition(db, orders[0], "cancelled", actor="admin",
+                           extra={"restock": "due"})
+    # 2: died after A got its units back, before B and before the order said done.
+    second = await apply_transition(db, orders[1], "cancelled", actor="admin",
+                                    extra={"restock": "due"})
+    assert second is not None
+    await db.products.update_one({"_id": "A"}, {"$inc": {"stock": 2},
+                                                "$push": {"holds": f"{second['_id']}:back"}})
+    # 3: cancelled through the API, to the end.
+    third = await transition(db, engine, orders[2]["_id"], "cancelled", actor="admin")
+    assert third["restock"] == "due"  # as written; done right after
+    swept = await stock.sweep(db, engine, stale_before=stock.now_iso())
+    await stock.sweep(db, engine, stale_before=stock.now_iso())
+    restocks = {o["_id"]: o.get("restock") for o in await db.orders.find({}).to_list()}
+    assert swept["restocked"] == 2 + 1  # order 1: A and B; order 2: only B was left
+    assert await units(db) == {"A": (10, []), "B": (10, [])}
+    assert set(restocks.values()) == {"done"}
+
+
+async def test_payment_failures_restock_once_and_reserved_stock_is_conserved(
+    mongo: AsyncMongoClient[dict[str, Any]], db_name: str
+) -> None:
+    db = mongo[db_name]
+    initial = {"A": 200, "B": 200, "C": 200}
+    rng = random.Random(9)
+    async with shop(db, initial) as engine:
+        pipeline = Pipeline(db, engine, gateway=PaymentGateway(
+            success_rate=0.5, latency_ms=(1, 5), rng=random.Random(4)))
+        await pipeline.start()
+        try:
+            for n in range(60):
+                items = [(p, rng.randint(1, 4)) for p in rng.sample(sorted(initial), 2)]
+                await create_order(db, engine, user_id=f"c{n % 20:02d}", items=items,
+                                   correlation=f"k{n}", actor="customer")
+            orders = await settled(db, 60)
+            await stock.sweep(db, engine, stale_before=stock.now_iso())
+        finally:
+            await pipeline.stop()
+    assert {o["status"] for o in orders} == {"processing", "payment_failed"}
+    assert all(o["restock"] == "done" for o in orders if o["status"] == "payment_failed")
+    taken = sold(orders)
+    assert await units(db) == {p: (initial[p] - taken[p], []) for p in initial}
