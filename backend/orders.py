@@ -111,6 +111,8 @@ async def transition(db: AsyncDatabase[Document], engine: Any, order_id: str, ta
     restocks = target == "cancelled" and status in HOLDS_STOCK
     if restocks:
         extra = {**(extra or {}), "restock": "due"}
+    if target == "cancelled" and (current.get("payment") or {}).get("status") == "captured":
+        extra = {**(extra or {}), "refund": "due"}  # the pipeline refunds it (once)
     updated = await apply_transition(db, current, target, actor=actor, extra=extra)
     if updated is None:
         fresh = await db.orders.find_one({"_id": order_id}, {"status": 1}) or {}

@@ -5,11 +5,13 @@ pending --out of stock--> rejected;  reserved --declined--> payment_failed (stoc
 
 Exactly once, with several workers or app instances: a worker first *claims*
 an order with a conditional update (status + no live claim), every transition
-is conditional on the status and the claim, and reservation is a sequence of
-per-item conditional decrements with compensation. Notifications and audit
+is conditional on the status and the claim, and stock moves are exactly once
+through ``backend.stock``. A cancelled order's captured payment is refunded
+by whichever instance claims ``refund: "due"`` first. Notifications and audit
 entries have deterministic ids, so the instance that writes second changes
-nothing. A reconciler re-drives orders stuck longer than a timeout; claims
-older than the timeout may be taken over.
+nothing. A reconciler re-drives orders stuck longer than a timeout, finishes
+half-done stock moves and refunds; claims older than the timeout may be taken
+over.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ MESSAGES = {
     "payment_failed": "Payment for order {id} failed: {reason}.",
     "cancelled": "Order {id} was cancelled.",
 }
+REFUNDED = "Your payment of {amount} for order {id} was refunded ({refund})."
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,7 @@ class PaymentGateway:
         self._rng = rng or random.Random()
         self._sleep = sleep
         self.in_flight = 0
+        self.refunds: dict[str, str] = {}  # transaction id -> refund id
 
     async def charge(self, total_cents: int) -> PaymentResult:
         """Charge ``total_cents``; waits like a bank would, never blocking other orders."""
@@ -91,6 +95,15 @@ class PaymentGateway:
         if ok:
             return PaymentResult(True, "TXN-" + uuid.uuid4().hex[:12].upper(), None, duration)
         return PaymentResult(False, None, "card declined", duration)
+
+    async def refund(self, transaction_id: str, total_cents: int) -> str:
+        """Refund a captured payment; the bank's answer is the refund id. Idempotent on the
+        transaction id, as a real gateway's refund call is with an idempotency key."""
+        if transaction_id not in self.refunds:
+            async with self._slots:
+                await self._sleep(self._rng.uniform(*self.latency_ms) / 1000)
+            self.refunds.setdefault(transaction_id, "RFD-" + uuid.uuid4().hex[:12].upper())
+        return self.refunds[transaction_id]
 
 
 class Pipeline:
@@ -112,8 +125,9 @@ class Pipeline:
         self._unlisten: Callable[[], None] | None = None
         self.stage_ms: dict[str, list[float]] = {}
         self.counters = {"transitions": 0, "claims_lost": 0, "reconciled": 0,
-                         "reconcile_sweeps": 0, "stock_repairs": 0, "errors": 0}
+                         "reconcile_sweeps": 0, "stock_repairs": 0, "refunds": 0, "errors": 0}
         self._admins: list[str] = []
+        self._refunding: set[str] = set()
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -159,6 +173,8 @@ class Pipeline:
                 self._queue.put_nowait(str(event.key))
             if event.op == "insert" or (event.changes and "status" in event.changes.set):
                 self._spawn(self._record_transition(event.doc))
+            if event.doc.get("refund") == "due":
+                self._spawn(self._refund(str(event.key)))
         elif event.collection == "products" and event.doc is not None:
             self._check_stock(event)
 
@@ -288,6 +304,55 @@ class Pipeline:
             await stock.restock(self.db, self.engine, failed)
         return None
 
+    async def _refund(self, order_id: str) -> None:
+        """Refund a cancelled order's captured payment, once: claim it (``refund: "due"`` →
+        this instance), call the bank, then record it. A claim older than the reconcile
+        timeout goes back to due (the bank call is idempotent on the transaction id)."""
+        if order_id in self._refunding:
+            return
+        self._refunding.add(order_id)
+        holder = f"processing:{self.instance}"
+        try:
+            order = await self.db.orders.find_one_and_update(
+                {"_id": order_id, "refund": "due"},
+                {"$set": {"refund": holder, "refund_at": int(time.time() * 1000)}},
+                return_document=ReturnDocument.AFTER)
+            if order is None:
+                return  # done, or another instance has it
+            payment = order["payment"]
+            refund_id = await self.gateway.refund(payment["transaction_id"],
+                                                  int(order["total_cents"]))
+            done = await self.db.orders.find_one_and_update(
+                {"_id": order_id, "refund": holder},
+                {"$set": {"refund": "done", "updated_at": stock.now_iso(),
+                          "payment": {**payment, "status": "refunded", "refund_id": refund_id}}},
+                return_document=ReturnDocument.AFTER)
+            if done is None:
+                return
+            self.counters["refunds"] += 1
+            self.engine.nudge("orders")
+            logger.info("order %s: payment refunded (%s)", order_id, refund_id,
+                        extra={"correlation_id": order.get("correlation_id"),
+                               "order_id": order_id, "stage": "refund"})
+            await self._notify(f"{order_id}:refunded", str(order["user_id"]), "status",
+                               REFUNDED.format(amount=f"${int(order['total_cents']) / 100:,.2f}",
+                                               id=order_id, refund=refund_id),
+                               order_id=order_id)
+        except (PyMongoError, BreakerOpenError) as exc:
+            logger.warning("refund of %s paused: %s", order_id, exc, extra={"order_id": order_id})
+        finally:
+            self._refunding.discard(order_id)
+
+    async def _refunds_due(self, cutoff_ms: int) -> None:
+        """Refunds never started, or claimed by an instance that went quiet, go again."""
+        for doc in await self.db.orders.find({"refund": {"$regex": "^processing:"},
+                                              "refund_at": {"$lte": cutoff_ms}},
+                                             {"refund": 1}).to_list():
+            await self.db.orders.update_one({"_id": doc["_id"], "refund": doc["refund"]},
+                                            {"$set": {"refund": "due"}})
+        for doc in await self.db.orders.find({"refund": "due"}, {"_id": 1}).to_list():
+            self._spawn(self._refund(str(doc["_id"])))
+
     def _stage(self, stage: str, started: float) -> None:
         samples = self.stage_ms.setdefault(stage, [])
         samples.append((time.perf_counter() - started) * 1000)
@@ -352,6 +417,7 @@ class Pipeline:
         for doc in stuck:
             self._queue.put_nowait(str(doc["_id"]))
         swept = await stock.sweep(self.db, self.engine, stale_before=cutoff)
+        await self._refunds_due(int((time.time() - self.reconcile_after_s) * 1000))
         self.counters["stock_repairs"] += sum(swept.values())
         self.counters["reconcile_sweeps"] += 1
         self.counters["reconciled"] += len(stuck)
