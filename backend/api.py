@@ -222,7 +222,8 @@ async def post_order(request: Request) -> Response:
     """
     summary: Place an order (priced from the database)
     requestBody: {required: true, content: {application/json: {schema: {type: object, required: [items], properties: {items: {type: array, items: {type: object, required: [product_id, quantity], properties: {product_id: {type: string}, quantity: {type: integer}}}}, user_id: {type: string}}}}}}
-    responses: {201: {description: the pending order}, 401: {description: not signed in}, 422: {description: invalid items}}
+    parameters: [{name: Idempotency-Key, in: header, required: false, schema: {type: string, maxLength: 64}, description: "retry-safe: the same key (per user) with the same items returns the order it placed (200, Idempotent-Replayed: true) instead of placing another"}]
+    responses: {200: {description: a retry of an Idempotency-Key; the order it placed}, 201: {description: the pending order}, 401: {description: not signed in}, 422: {description: invalid items, or an Idempotency-Key already used for another order}}
     """
     user = await require_user(request)
     body = await read_body(request, OrderBody)
@@ -234,11 +235,14 @@ async def post_order(request: Request) -> Response:
             raise ApiError(422, f"unknown user {body.user_id!r}")
         owner = body.user_id
     correlation = order_ops.correlation_id(request.headers.get("x-correlation-id"))
-    order = await order_ops.create_order(
+    order, created = await order_ops.place_order(
         request.state.db, request.state.engine, user_id=owner,
         items=[(i.product_id, i.quantity) for i in body.items], correlation=correlation,
-        actor=user.role)
-    return JSON(order, status_code=201, headers={"X-Correlation-ID": correlation})
+        actor=user.role, idempotency_key=request.headers.get("idempotency-key"))
+    headers = {"X-Correlation-ID": str(order["correlation_id"])}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSON(order, status_code=201 if created else 200, headers=headers)
 
 
 async def put_order_status(request: Request) -> Response:

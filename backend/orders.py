@@ -8,6 +8,7 @@ conditional updates with markers that make them exactly once.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import string
@@ -16,6 +17,7 @@ from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from backend import stock
 from backend.errors import ApiError
@@ -56,9 +58,35 @@ def correlation_id(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
+def idempotent_order_id(user_id: str, key: str) -> str:
+    """The order id an ``Idempotency-Key`` stands for (per user): a retry lands on it."""
+    digest = int.from_bytes(hashlib.sha256(f"{user_id}\0{key}".encode()).digest()[:8], "big")
+    chars = []
+    for _ in range(8):
+        digest, index = divmod(digest, len(_ID_ALPHABET))
+        chars.append(_ID_ALPHABET[index])
+    return "ORD-" + "".join(chars)
+
+
 async def create_order(db: AsyncDatabase[Document], engine: Any, *, user_id: str,
-                       items: list[tuple[str, int]], correlation: str, actor: str) -> Document:
-    """Insert a ``pending`` order priced from the database."""
+                       items: list[tuple[str, int]], correlation: str, actor: str,
+                       idempotency_key: str | None = None) -> Document:
+    """Insert a ``pending`` order priced from the database (see :func:`place_order`)."""
+    order, _ = await place_order(db, engine, user_id=user_id, items=items,
+                                 correlation=correlation, actor=actor,
+                                 idempotency_key=idempotency_key)
+    return order
+
+
+async def place_order(db: AsyncDatabase[Document], engine: Any, *, user_id: str,
+                      items: list[tuple[str, int]], correlation: str, actor: str,
+                      idempotency_key: str | None = None) -> tuple[Document, bool]:
+    """Insert a ``pending`` order priced from the database; returns (order, created).
+
+    With ``idempotency_key`` the order id is derived from it, so a retry of the same
+    request (say after a 503 whose write did complete) returns the order it placed,
+    with ``created`` False, instead of placing a second one.
+    """
     if not items:
         raise ApiError(422, "an order needs at least one item")
     if len(items) > MAX_ITEMS:
@@ -79,16 +107,34 @@ async def create_order(db: AsyncDatabase[Document], engine: Any, *, user_id: str
             raise ApiError(422, f"unknown product {product_id!r}")
         lines.append({"product_id": product_id, "name": product["name"], "quantity": quantity,
                       "price_cents": int(product["price_cents"])})
+    if idempotency_key is not None and not _CORRELATION.match(idempotency_key):
+        raise ApiError(422, "Idempotency-Key must be 1..64 characters of A-Z a-z 0-9 . _ : -")
     at = now_iso()
     order = {
-        "_id": new_order_id(), "user_id": user_id, "items": lines,
+        "_id": (idempotent_order_id(user_id, idempotency_key) if idempotency_key
+                else new_order_id()), "user_id": user_id, "items": lines,
         "total_cents": sum(line["quantity"] * line["price_cents"] for line in lines),
         "status": "pending", "history": [{"status": "pending", "at": at, "by": actor}],
         "correlation_id": correlation, "created_at": at, "updated_at": at, "payment": None,
     }
-    await db.orders.insert_one(order)
+    if idempotency_key is not None:
+        order["idempotency_key"] = idempotency_key
+    try:
+        await db.orders.insert_one(order)
+    except DuplicateKeyError:
+        if idempotency_key is None:
+            raise
+        placed = await db.orders.find_one({"_id": order["_id"]})
+        same = placed is not None and placed.get("idempotency_key") == idempotency_key \
+            and placed["user_id"] == user_id \
+            and [(i["product_id"], i["quantity"]) for i in placed["items"]] == list(merged.items())
+        if not same:
+            raise ApiError(422, f"Idempotency-Key {idempotency_key!r} was already used for "
+                                "another order") from None
+        assert placed is not None
+        return placed, False
     await engine.settle("orders", order["_id"], order, timeout=SETTLE_S)
-    return order
+    return order, True
 
 
 async def transition(db: AsyncDatabase[Document], engine: Any, order_id: str, target: str, *,

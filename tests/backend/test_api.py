@@ -147,6 +147,28 @@ async def test_order_creation_prices_from_the_database(api: Api) -> None:
     assert cheat.status_code == 422
 
 
+async def test_order_retried_with_an_idempotency_key_is_placed_once(api: Api) -> None:
+    a, b = await api.client(A), await api.client(B)
+    body = {"items": [{"product_id": "SKU-TOY-002", "quantity": 2}]}
+    key = {"Idempotency-Key": "checkout-7f3a"}
+    first = await a.post("/api/orders", headers=key, json=body)
+    retry = await a.post("/api/orders", headers=key, json=body)  # say the first reply was lost
+    assert (first.status_code, retry.status_code) == (201, 200)
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert retry.json()["_id"] == first.json()["_id"]
+    assert retry.headers["X-Correlation-ID"] == first.headers["X-Correlation-ID"]
+    mine = (await a.get("/api/orders?limit=500")).json()["items"]
+    assert [o["_id"] for o in mine].count(first.json()["_id"]) == 1
+    other = await a.post("/api/orders", headers=key,
+                         json={"items": [{"product_id": "SKU-TOY-002", "quantity": 5}]})
+    assert other.status_code == 422 and "already used" in other.json()["error"]["message"]
+    theirs = await b.post("/api/orders", headers=key, json=body)  # keys are per customer
+    assert theirs.status_code == 201 and theirs.json()["_id"] != first.json()["_id"]
+    bad = await a.post("/api/orders", headers={"Idempotency-Key": "no spaces, please"}, json=body)
+    assert bad.status_code == 422 and "Idempotency-Key" in bad.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(("body", "status", "fragment"), [
     ({"items": []}, 422, "at least one item"),
     ({"items": [{"product_id": "NOPE", "quantity": 1}]}, 422, "unknown product"),
