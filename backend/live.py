@@ -131,8 +131,16 @@ class LiveConnection(Session):
         if isinstance(self.view, DashboardView):
             await self._dashboard_loop()
             return
+        heartbeat = self.websocket.state.settings.heartbeat_s
         while True:
-            batch = await self.subscriber.get_batch()
+            try:
+                batch = await asyncio.wait_for(self.subscriber.get_batch(), heartbeat)
+            except TimeoutError:
+                # Nothing for this page for a while: say so (the page is current as of now,
+                # since nothing is queued for it), so that it can tell a quiet socket from a
+                # dead network and reconnect.
+                await self.websocket.send_text(self.fragments.seq(self.engine.seq))
+                continue
             if not batch:
                 await self._close_for_restart()
                 return

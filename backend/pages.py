@@ -130,7 +130,8 @@ def page(view_name: str) -> Callable[[Request], Awaitable[Response]]:
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         context.update(view=view, user=user, seq=seq, name_of=view.fragments.name_of,
-                       demo_controls=user.is_admin and state.settings.demo)
+                       demo_controls=user.is_admin and state.settings.demo,
+                       heartbeat_s=state.settings.heartbeat_s)
         if view.name == "portal":
             context.update(await cart_context(request))
         return state.templates.TemplateResponse(request, f"{view.name}.html", context,

@@ -40,6 +40,7 @@ class Settings:
     payment_concurrency: int = 64
     reconcile_after_s: float = 30.0
     secure_cookies: bool = False
+    heartbeat_s: float = 15.0
 
     @property
     def embedded(self) -> bool:
@@ -91,6 +92,7 @@ class Settings:
             payment_concurrency=_int(env, "CHANGECAST_PAYMENT_CONCURRENCY", 64, low=1, high=10_000),
             reconcile_after_s=_float(env, "CHANGECAST_RECONCILE_AFTER_S", 30.0, 0.1, 86_400.0),
             secure_cookies=_flag(env, "CHANGECAST_SECURE_COOKIES", default=False),
+            heartbeat_s=_float(env, "CHANGECAST_HEARTBEAT_S", 15.0, 0.2, 3_600.0),
         )
 
 

@@ -23,8 +23,38 @@
     if (filter && filter.value) target.searchParams.set('status', filter.value)
     var socket = new WebSocket(target.toString())
     socket.binaryType = htmx.config.wsBinaryType
+    watch(socket)
     return socket
   }
+
+  // ---- a silent socket is a dead one ----------------------------------------------------------
+  // The server sends something at least every heartbeat (data-heartbeat-ms); a network that
+  // died without closing the socket leaves the browser believing it is open for minutes. After
+  // three heartbeats of silence the socket is dropped and the extension reconnects (and the
+  // page resumes from its last seq), as after any abnormal close (1006).
+  var watched = null
+  var lastHeard = 0
+
+  function watch (socket) {
+    watched = socket
+    lastHeard = Date.now()
+    socket.addEventListener('message', function () { lastHeard = Date.now() })
+    socket.addEventListener('open', function () { lastHeard = Date.now() })
+  }
+
+  setInterval(function () {
+    var main = document.querySelector('[data-heartbeat-ms]')
+    var socket = watched
+    if (!main || !socket || socket.readyState !== WebSocket.OPEN) return
+    var limit = Math.max(3 * Number(main.dataset.heartbeatMs || 15000), 2000)
+    if (Date.now() - lastHeard <= limit) return
+    var onclose = socket.onclose
+    socket.onclose = null
+    socket.onmessage = null
+    watched = null
+    try { socket.close(4000, 'no heartbeat') } catch (e) {}
+    if (onclose) onclose.call(socket, new CloseEvent('close', { code: 1006, reason: 'no heartbeat' }))
+  }, 500)
 
   // ---- connection indicator ------------------------------------------------------------------
   var RETRIED = [1006, 1011, 1012, 1013]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tests.support.server import serve_site
 
@@ -39,22 +39,45 @@ class Site:
 
 
 class Front:
-    """In front of the app: keeps the lifespan state (the dict every request sees) and can
-    refuse the pages' socket handshakes for a while, like a proxy that lost the backend."""
+    """In front of the app: keeps the lifespan state (the dict every request sees), can
+    refuse the pages' socket handshakes for a while, like a proxy that lost the backend, and
+    can cut the pages' open sockets silently, like a network that died without a word."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.state: dict[str, Any] = {}
         self.refuse_live = False
         self.refused = 0
+        self._open: set[object] = set()
+        self._muted: set[object] = set()
+
+    def mute_live(self) -> int:
+        """From now on nothing the server sends on the pages' open sockets arrives (the
+        sockets stay open on both ends); sockets opened later are not affected."""
+        self._muted |= self._open
+        return len(self._open)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             self.state = scope["state"]
-        elif scope["type"] == "websocket" and self.refuse_live \
-                and scope["path"].startswith("/ws/live/"):
-            self.refused += 1
-            await send({"type": "websocket.close", "code": 1013})  # before accept: HTTP 403
+        elif scope["type"] == "websocket" and scope["path"].startswith("/ws/live/"):
+            if self.refuse_live:
+                self.refused += 1
+                await send({"type": "websocket.close", "code": 1013})  # before accept: 403
+                return
+            token = object()
+
+            async def maybe_send(message: Message) -> None:
+                if token in self._muted and message["type"] == "websocket.send":
+                    return  # lost on the way
+                await send(message)
+
+            self._open.add(token)
+            try:
+                await self.app(scope, receive, maybe_send)
+            finally:
+                self._open.discard(token)
+                self._muted.discard(token)
             return
         await self.app(scope, receive, send)
 
@@ -70,7 +93,7 @@ async def site(nx_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
 
     async with serve_site(nx_uri, tmp_path_factory.mktemp("web"), wrap=wrap,
                           pipeline_enabled=True, payment_success_rate=1.0,
-                          payment_latency_ms=(20, 60)) as (base, db):
+                          payment_latency_ms=(20, 60), heartbeat_s=1.0) as (base, db):
         assert front is not None
         yield Site(base, db, front)
 

@@ -230,6 +230,31 @@ async def test_dropped_socket_shows_reconnecting_then_catches_up_on_missed_chang
     assert await same_document(customer)
 
 
+async def test_a_socket_that_goes_silent_is_dropped_and_the_page_catches_up(
+    site: Site, browser: Browser
+) -> None:
+    customer, product, card = await watched_card(site, browser)
+    # The indicator's states, as the user would have seen them (the reconnecting one is short).
+    await customer.evaluate("""() => {
+        const conn = document.getElementById('conn'); window.__states = []
+        new MutationObserver(() => window.__states.push(conn.dataset.state))
+            .observe(conn, {attributes: true, attributeFilter: ['data-state']}) }""")
+    assert site.front.mute_live() >= 1  # the network dies; neither end notices
+    await site.db.products.update_one({"_id": product["_id"]}, {"$set": {"stock": 6}})
+    site.front.state["engine"].nudge("products")
+    # Three heartbeats (1 s here) without a word: the page gives up on that socket, and its
+    # next one resumes from the last seq it applied.
+    await expect(card.locator(".stock-count")).to_have_text("6", timeout=6_000)
+    states = await customer.evaluate("window.__states")
+    assert states[:1] == ["reconnecting"] and states[-1] == "connected", states
+    # A page with nothing to show is not mistaken for a dead one: the server's heartbeats
+    # keep it connected through four heartbeat periods of no changes (an observation window).
+    await customer.evaluate("window.__states = []")
+    await asyncio.sleep(4)
+    assert await customer.evaluate("window.__states") == []
+    assert await same_document(customer)
+
+
 async def test_pages_screenshots_phone_width_and_accessible_names(
     site: Site, browser: Browser, tmp_path: Path
 ) -> None:
