@@ -62,6 +62,9 @@ class ChangeStreamLike(Protocol):
     @property
     def resume_token(self) -> Any: ...
 
+    @property
+    def alive(self) -> bool: ...
+
     async def try_next(self) -> Document | None: ...
 
     async def close(self) -> None: ...
@@ -200,6 +203,7 @@ class CollectionWatcher:
         self._unanswered_since: float | None = None
         self.stall_after = stall_after
         self.stalls = 0
+        self.cursor_ends = 0  # streams the server ended without an error (resumed)
         self._watching = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._resumed_rowid: int | None = None
@@ -336,6 +340,13 @@ class CollectionWatcher:
             self._nudged.clear()
             change = await stream.try_next()
             if change is None:
+                if not stream.alive:
+                    # The server ended the cursor (NX-27017 does when the connection that
+                    # opened it closes, which the driver's pool may do at any time) and the
+                    # driver gives up silently: reopen from our token, nothing is lost.
+                    self.cursor_ends += 1
+                    logger.info("change stream on %s ended by the server; resuming", self.name)
+                    return
                 self.last_batch, batch = batch, 0
                 self._check_replay_complete()
                 self._check_progress(stream.resume_token)
@@ -412,6 +423,7 @@ class CollectionWatcher:
         return {"state": self.state.value, "reconnects": self.reconnects,
                 "history_losses": self.history_losses, "errors": self.errors,
                 "stalls": self.stalls,
+                "cursor_ends": self.cursor_ends,
                 "last_error": self.last_error, "lag_ms": self.lag_ms(),
                 "last_change_at": self.last_event_ms,
                 "last_batch": self.last_batch, "mode": self.mode}

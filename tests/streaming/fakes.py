@@ -13,18 +13,28 @@ def change(n: int, op: str = "insert", coll: str = "orders", nx: bool = False) -
             "documentKey": {"_id": doc["_id"]}, "ns": {"db": "t", "coll": coll}}
 
 
+ENDED = "ended"  # a script item: the server ends the cursor (the driver then returns None)
+
+
 class FakeStream:
-    """Yields scripted items (changes, or exceptions to raise), then waits or returns None."""
+    """Yields scripted items (changes, exceptions to raise, or ``ENDED``), then waits or
+    returns None."""
 
     def __init__(self, items: list[Any], *, poll: bool, head: Any = None) -> None:
         self.items = list(items)
         self.poll = poll
         self.resume_token: Any = head
         self.closed = False
+        self.alive = True
 
     async def try_next(self) -> dict[str, Any] | None:
+        if not self.alive:
+            return None
         if self.items:
             item = self.items.pop(0)
+            if item == ENDED:
+                self.alive = False
+                return None
             if isinstance(item, BaseException):
                 raise item
             self.resume_token = item["_id"]

@@ -9,7 +9,7 @@ from pymongo.errors import AutoReconnect, OperationFailure, ServerSelectionTimeo
 
 from streaming.breaker import BreakerState, CircuitBreaker
 from streaming.watcher import CollectionWatcher, MemoryCheckpoints, WatcherState
-from tests.streaming.fakes import FakeCollection, change
+from tests.streaming.fakes import ENDED, FakeCollection, change
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -60,6 +60,18 @@ async def test_watcher_resumes_from_last_token_after_a_network_error() -> None:
     assert coll.calls[1]["resume_after"] == {"_data": "T0002"}
     assert h.watcher.reconnects == 1 and len(h.delays) == 1
     assert await h.checkpoints.load("orders") == {"_data": "T0003"}
+
+
+async def test_watcher_resumes_when_the_server_ends_the_cursor_without_an_error() -> None:
+    # NX-27017 closes a stream with the connection that opened it; the driver then reports
+    # a dead cursor by returning None forever. Without a check the watcher would idle on it.
+    coll = FakeCollection("orders", [[change(1, nx=True), ENDED], [change(2, nx=True)]],
+                          poll=True, head={"_data": "nx:1"})
+    h = Harness(coll, expect=2, mode="poll")
+    await h.run()
+    assert [c["documentKey"]["_id"] for c in h.seen] == ["k1", "k2"]
+    assert coll.calls[-1]["resume_after"] == {"_data": "nx:1"}  # from where it was
+    assert h.watcher.cursor_ends == 1 and h.lost == [] and h.delays == []
 
 
 async def test_watcher_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
