@@ -38,6 +38,17 @@ def test_compose_app_points_at_the_replica_set_and_waits_for_it() -> None:
     assert (ROOT / "Dockerfile").read_text().count("changecast") >= 1
 
 
+def test_the_image_copies_every_package_it_installs() -> None:
+    # `pip install .` in the image fails on a package directory the Dockerfile left out.
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]
+    copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ")}
+    assert packages and set(packages) <= copied, set(packages) - copied
+
+
 def container_path(service: dict[str, Any], host_path: str) -> str:
     """Where the compose file mounts ``host_path`` inside the service's container."""
     for volume in service["volumes"]:
