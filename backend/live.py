@@ -136,10 +136,12 @@ class LiveConnection(Session):
             try:
                 batch = await asyncio.wait_for(self.subscriber.get_batch(), heartbeat)
             except TimeoutError:
-                # Nothing for this page for a while: say so (the page is current as of now,
-                # since nothing is queued for it), so that it can tell a quiet socket from a
-                # dead network and reconnect.
-                await self.websocket.send_text(self.fragments.seq(self.engine.seq))
+                # Nothing for this page for a while: say so, so that it can tell a quiet
+                # socket from a dead network. The page is current as of the engine's seq
+                # only while nothing is queued for it (a change may have arrived meanwhile:
+                # then the loop sends it, with its own marker, first).
+                if not len(self.subscriber):
+                    await self.websocket.send_text(self.fragments.seq(self.engine.seq))
                 continue
             if not batch:
                 await self._close_for_restart()
