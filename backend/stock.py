@@ -15,10 +15,13 @@ hidden ``holds`` list, written in the same single-document update as the
 - ``restock`` (a reserved order failed payment or was cancelled): the order
   gets ``restock: "due"`` in its transition; each product gets
   ``stock += q`` with the marker ``<order_id>:back``, only while absent; the
-  order then says ``restock: "done"`` and the markers go.
+  order then says ``restock: "done"``, and the sweep drops the markers once
+  that is older than the reconcile timeout.
 
 Whatever dies in between, :func:`sweep` finishes it from the order's state:
-markers only ever exist for moves in flight, so the list stays short. The
+markers only exist for moves in flight or just finished, so the list stays
+short. Like the pipeline's claims, this assumes no worker stalls for longer
+than the reconcile timeout in the middle of a move. The
 engine hides ``holds`` (other customers' order ids) from every cache, event
 and API answer.
 """
@@ -137,16 +140,17 @@ async def restock(db: AsyncDatabase[Document], engine: Any, order: Document, *,
             engine.nudge("products")
     await db.orders.update_one({"_id": order_id, "restock": "due"},
                                {"$set": {"restock": "done"}})
-    for item in order["items"]:
-        await db.products.update_one({"_id": item["product_id"]}, {"$pull": {HOLDS: back}})
+    # The marks stay until the sweep finds the restock done and old: a second call that
+    # read "due" just before this one finished must still find them.
     return moved
 
 
 async def sweep(db: AsyncDatabase[Document], engine: Any, *, stale_before: str) -> dict[str, int]:
     """Finish every stock move a crash left half-done; safe to run anywhere, any time.
 
-    ``stale_before``: restocks still ``due`` from before this ISO time are re-run (a
-    younger one may be in progress elsewhere; re-running it would still be harmless).
+    ``stale_before``: restocks still ``due`` from before this ISO time are re-run, and
+    the marks of restocks done before it are dropped (younger ones may still be in
+    progress elsewhere).
     """
     done = {"committed": 0, "given_back": 0, "restocked": 0, "cleared": 0}
     for order in await db.orders.find({"restock": "due", "updated_at": {"$lte": stale_before}},
@@ -158,13 +162,15 @@ async def sweep(db: AsyncDatabase[Document], engine: Any, *, stale_before: str) 
         return done
     order_ids = sorted({m.removesuffix(":back") for _, m in markers})
     orders = {o["_id"]: o for o in await db.orders.find(
-        {"_id": {"$in": order_ids}}, {"status": 1, "history": 1, "items": 1, "restock": 1}
+        {"_id": {"$in": order_ids}},
+        {"status": 1, "history": 1, "items": 1, "restock": 1, "updated_at": 1}
     ).to_list()}
     for product_id, marker in sorted(markers):
         order_id = marker.removesuffix(":back")
         order = orders.get(order_id)
-        if marker != order_id:  # a restock's marker: clear it once the order says done
-            if order is None or order.get("restock") != "due":
+        if marker != order_id:  # a restock's marker: dropped once done for a while
+            if order is None or (order.get("restock") != "due"
+                                 and str(order.get("updated_at", "")) <= stale_before):
                 await db.products.update_one({"_id": product_id}, {"$pull": {HOLDS: marker}})
                 done["cleared"] += 1
             continue

@@ -163,3 +163,25 @@ async def test_payment_failures_restock_once_and_reserved_stock_is_conserved(
     assert all(o["restock"] == "done" for o in orders if o["status"] == "payment_failed")
     taken = sold(orders)
     assert await units(db) == {p: (initial[p] - taken[p], []) for p in initial}
+
+
+async def test_a_restock_that_read_due_late_adds_nothing_after_another_finished(
+    ab: tuple[Db, ChangeEngine]
+) -> None:
+    db, engine = ab
+    order = await order_for(db, engine, [("A", 3)])
+    await stock.take(db, order["_id"], order["items"][0])
+    reserved = await apply_transition(db, order, "reserved", actor="pipeline")
+    assert reserved is not None
+    await stock.commit(db, order["_id"], order["items"])
+    cancelled = await apply_transition(db, reserved, "cancelled", actor="admin",
+                                       extra={"restock": "due"})
+    assert cancelled is not None
+    # Two instances read the order as due; one finishes first, the other arrives after.
+    assert await stock.restock(db, engine, cancelled) == 1
+    assert await stock.restock(db, engine, cancelled) == 0
+    assert (await units(db))["A"] == (10, [f"{order['_id']}:back"])
+    # The mark goes only once the restock is done and older than the reconcile timeout.
+    assert (await stock.sweep(db, engine, stale_before=LONG_AGO))["cleared"] == 0
+    assert (await stock.sweep(db, engine, stale_before=stock.now_iso()))["cleared"] == 1
+    assert (await units(db))["A"] == (10, [])
