@@ -164,8 +164,10 @@ async def list_orders(request: Request) -> Response:
     if not user.is_admin:
         parts.append({"user_id": user.id})
     query = {"$and": parts} if parts else {}
-    seq = request.state.engine.seq
-    docs = await request.state.db.orders.find(query).sort(order).skip(offset) \
+    engine = request.state.engine
+    seq = engine.seq
+    hidden = {field: 0 for field in engine.hidden.get("orders", ())}
+    docs = await request.state.db.orders.find(query, hidden or None).sort(order).skip(offset) \
         .limit(limit + 1).to_list()
     return _page(docs[:limit], seq, offset, limit, len(docs) > limit)
 
@@ -176,7 +178,7 @@ async def visible_order(request: Request, order_id: str) -> tuple[Any, dict[str,
     doc = await request.state.db.orders.find_one({"_id": order_id})
     if doc is None or (not user.is_admin and doc.get("user_id") != user.id):
         raise ApiError(404, f"no order {order_id!r}")  # never confirm another's order exists
-    return user, doc
+    return user, request.state.engine.visible("orders", doc)
 
 
 async def change_status(request: Request, order_id: str, status: str) -> dict[str, Any]:

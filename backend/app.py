@@ -18,6 +18,7 @@ from starlette.schemas import SchemaGenerator
 from starlette.staticfiles import StaticFiles
 
 from backend import api, pages, stock
+from backend import orders as order_ops
 from backend.analytics import LiveAnalytics
 from backend.auth import LoginThrottle
 from backend.database import Database, open_database
@@ -82,8 +83,10 @@ async def openapi(request: Request) -> Response:
     return JSON(schema)
 
 
-# Fields that never leave the server: the engine keeps them out of its cache and events.
-HIDDEN_FIELDS = {"users": ("password_hash",), **stock.HIDDEN}
+# Fields that never leave the server: the engine keeps them out of its cache and events,
+# and the API out of its answers (secrets, and the pipeline's own bookkeeping: a claim
+# alone is not news to anybody).
+HIDDEN_FIELDS = {"users": ("password_hash",), "orders": order_ops.INTERNAL, **stock.HIDDEN}
 
 
 def build_engine(database: Database, settings: Settings) -> ChangeEngine:

@@ -41,6 +41,8 @@ FINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 # Statuses in which the order holds reserved stock.
 HOLDS_STOCK = frozenset({"reserved", "paid", "processing"})
 ADMIN_NEXT = {"paid": "processing", "processing": "shipped", "shipped": "delivered"}
+# The pipeline's bookkeeping on an order: kept out of events and answers (see backend.app).
+INTERNAL = ("claim", "claim_at", "transition_id", "refund_at")
 _ID_ALPHABET = string.ascii_uppercase + string.digits
 _CORRELATION = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_ITEMS = 50
@@ -132,7 +134,7 @@ async def place_order(db: AsyncDatabase[Document], engine: Any, *, user_id: str,
             raise ApiError(422, f"Idempotency-Key {idempotency_key!r} was already used for "
                                 "another order") from None
         assert placed is not None
-        return placed, False
+        return engine.visible("orders", placed), False
     await engine.settle("orders", order["_id"], order, timeout=SETTLE_S)
     return order, True
 
@@ -168,7 +170,8 @@ async def transition(db: AsyncDatabase[Document], engine: Any, order_id: str, ta
         await stock.restock(db, engine, updated, wait=True)
     elif target == "cancelled":  # takes of a reservation that was still in flight
         await stock.settle_takes(db, order_id, updated["items"], order=updated)
-    return updated
+    visible: Document = engine.visible("orders", updated)
+    return visible
 
 
 async def apply_transition(db: AsyncDatabase[Document], current: Document, target: str, *,

@@ -297,6 +297,27 @@ async def test_ws_anonymous_products_only_and_errors_keep_the_connection(api: Ap
         assert (await recv(ws))["type"] == "pong"
 
 
+async def test_the_pipelines_bookkeeping_is_neither_answered_nor_streamed(api: Api) -> None:
+    a, admin = await api.client(A), await api.client("admin")
+    order = (await a.post("/api/orders", json={"items": [{"product_id": "SKU-BOO-004",
+                                                          "quantity": 1}]})).json()
+    async with await api.ws(A) as ws:
+        await ws.send(json.dumps({"op": "subscribe", "id": "mine", "collection": "orders"}))
+        assert (await recv(ws))["type"] == "subscribed"
+        # What a pipeline worker writes before it moves an order: a claim, alone ...
+        await api.db.orders.update_one({"_id": order["_id"]},
+                                       {"$set": {"claim": "worker-1", "claim_at": 1}})
+        # ... then a change a user notices.
+        cancelled = await a.put(f"/api/orders/{order['_id']}/status",
+                                json={"status": "cancelled"})
+        first = await recv(ws)  # the claim was no news: the cancel is the first change
+        assert first["op"] == "update" and first["changes"]["set"]["status"] == "cancelled"
+    answers = [cancelled.json(), (await a.get(f"/api/orders/{order['_id']}")).json(),
+               *(await admin.get("/api/orders?limit=500")).json()["items"]]
+    for doc in [first["changes"]["set"], *answers]:
+        assert not set(doc) & {"claim", "claim_at", "transition_id", "refund_at"}, doc
+
+
 async def test_ws_customer_sees_only_own_orders_whatever_the_where(api: Api) -> None:
     a_client, b_client = await api.client(A), await api.client(B)
     async with await api.ws(A) as ws:
