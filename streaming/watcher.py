@@ -204,6 +204,9 @@ class CollectionWatcher:
         self.stall_after = stall_after
         self.stalls = 0
         self.cursor_ends = 0  # streams the server ended without an error (resumed)
+        self.foreign_changes = 0  # changes of another namespace (the stream is reopened)
+        full_name = getattr(collection, "full_name", None)
+        self._db_name = full_name.split(".", 1)[0] if isinstance(full_name, str) else None
         self._watching = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._resumed_rowid: int | None = None
@@ -358,6 +361,7 @@ class CollectionWatcher:
                 continue
             batch += 1
             self._unanswered, self._unanswered_since = 0, None
+            self._check_namespace(change)
             op = change.get("operationType")
             if op in ("drop", "rename", "dropDatabase"):
                 raise HistoryLost(f"collection {self.name} saw {op}")
@@ -370,6 +374,25 @@ class CollectionWatcher:
             self.token = change.get("_id", stream.resume_token)
             self.last_change_at = self._clock()
             await self._checkpoint()
+
+    def _check_namespace(self, change: Document) -> None:
+        """Raise HistoryLost when a change of another collection (or database) arrives.
+
+        NX-27017 numbers its cursors from the same start after a restart, so a driver that
+        resumes an old cursor id may be reading somebody else's new stream; what it delivered
+        in between is unknown.
+        """
+        ns = change.get("ns")
+        if not isinstance(ns, dict):
+            return
+        coll, db = ns.get("coll"), ns.get("db")
+        same_coll = coll is None or coll == self.name
+        same_db = db is None or self._db_name is None or db == self._db_name
+        if same_coll and same_db:
+            return
+        self.foreign_changes += 1
+        raise HistoryLost(f"the stream on {self.name} delivered a change of {db}.{coll}; "
+                          "its cursor belongs to another stream now")
 
     def _check_progress(self, server_token: Any) -> None:
         """Raise HistoryLost when the stream went backwards or stays silent after our writes."""
@@ -424,6 +447,7 @@ class CollectionWatcher:
                 "history_losses": self.history_losses, "errors": self.errors,
                 "stalls": self.stalls,
                 "cursor_ends": self.cursor_ends,
+                "foreign_changes": self.foreign_changes,
                 "last_error": self.last_error, "lag_ms": self.lag_ms(),
                 "last_change_at": self.last_event_ms,
                 "last_batch": self.last_batch, "mode": self.mode}

@@ -120,7 +120,9 @@ async def test_kill_9_of_the_database_under_load_loses_and_repeats_nothing(tmp_p
         await mongo.close()
 
     print(f"changes {changes}, outcomes {dict(outcome)}, orders {len(orders)}, "
-          f"resyncs {sum(v.resyncs for v in views)}, reconnects {sum(v.reconnects for v in views)}")
+          f"resyncs {sum(v.resyncs for v in views)}, reconnects {sum(v.reconnects for v in views)}, "
+          "streams ended / foreign changes "
+          f"{ {n: (w['cursor_ends'], w['foreign_changes']) for n, w in metrics['watchers'].items()} }")
     assert changes >= 5_000
     if result["differ"]:
         print("DETAIL", result["detail"], "\nWATCHERS", metrics["watchers"], "\nMETRICS",

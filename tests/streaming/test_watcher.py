@@ -74,6 +74,17 @@ async def test_watcher_resumes_when_the_server_ends_the_cursor_without_an_error(
     assert h.watcher.cursor_ends == 1 and h.lost == [] and h.delays == []
 
 
+async def test_watcher_a_change_of_another_collection_is_history_lost_not_a_change() -> None:
+    # After an NX-27017 restart an old cursor id may name another collection's new stream.
+    coll = FakeCollection("orders", [[change(1), change(2, coll="products")], [change(3)]])
+    h = Harness(coll, expect=3)
+    await h.run()
+    assert [c["documentKey"]["_id"] for c in h.seen] == ["k1", "k3"]
+    assert len(h.lost) == 1 and "change of t.products" in h.lost[0]
+    assert h.watcher.foreign_changes == 1
+    assert "resume_after" not in coll.calls[1]  # from now: what came in between is unknown
+
+
 async def test_watcher_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     failures: list[Any] = [ServerSelectionTimeoutError("no server") for _ in range(8)]
     coll = FakeCollection("orders", [*failures, [change(1)]])
