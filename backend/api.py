@@ -105,8 +105,8 @@ async def list_products(request: Request) -> Response:
     docs = engine.cache.documents("products")
     if docs is None:
         query = where.mongo if where else {}
-        docs = await request.state.db.products.find(query, stock.NO_HOLDS).sort(order).skip(offset) \
-            .limit(limit + 1).to_list()
+        docs = await request.state.db.products.find(query, engine.hidden_projection("products")) \
+            .sort(order).skip(offset).limit(limit + 1).to_list()
         return _page(docs[:limit], seq, offset, limit, len(docs) > limit)
     if where is not None:
         docs = [d for d in docs if where.matches(d)]
@@ -166,9 +166,8 @@ async def list_orders(request: Request) -> Response:
     query = {"$and": parts} if parts else {}
     engine = request.state.engine
     seq = engine.seq
-    hidden = {field: 0 for field in engine.hidden.get("orders", ())}
-    docs = await request.state.db.orders.find(query, hidden or None).sort(order).skip(offset) \
-        .limit(limit + 1).to_list()
+    docs = await request.state.db.orders.find(query, engine.hidden_projection("orders")) \
+        .sort(order).skip(offset).limit(limit + 1).to_list()
     return _page(docs[:limit], seq, offset, limit, len(docs) > limit)
 
 

@@ -170,8 +170,7 @@ async def transition(db: AsyncDatabase[Document], engine: Any, order_id: str, ta
         await stock.restock(db, engine, updated, wait=True)
     elif target == "cancelled":  # takes of a reservation that was still in flight
         await stock.settle_takes(db, order_id, updated["items"], order=updated)
-    visible: Document = engine.visible("orders", updated)
-    return visible
+    return engine.visible("orders", updated)
 
 
 async def apply_transition(db: AsyncDatabase[Document], current: Document, target: str, *,

@@ -43,7 +43,8 @@ logger = logging.getLogger("changecast.stock")
 Document = dict[str, Any]
 HOLDS = "holds"
 HIDDEN = {"products": (HOLDS,)}
-# Reads of product documents straight from the database leave the markers out.
+# What this module's writes hand back leaves the markers out (readers use the engine's
+# hidden_projection).
 NO_HOLDS = {HOLDS: 0}
 # How long a write waits to see itself on the change stream (well inside the API's
 # 0.8 s cap: the write has happened either way).

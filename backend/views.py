@@ -15,7 +15,6 @@ from backend.analytics import trend
 from backend.auth import User
 from backend.fragments import REPLACE, Fragments, dom_id, stock_level
 from backend.orders import STATUSES
-from backend.stock import NO_HOLDS
 from streaming import Delivery, Filter, compile_filter
 
 Document = dict[str, Any]
@@ -91,7 +90,8 @@ class View:
     async def products(self) -> list[Document]:
         docs = self.engine.cache.documents("products")
         if docs is None:
-            docs = await self.db.products.find({}, NO_HOLDS).to_list()
+            docs = await self.db.products.find(
+                {}, self.engine.hidden_projection("products")).to_list()
         return sorted(docs, key=product_sort_key)
 
 

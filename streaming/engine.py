@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from bson import Timestamp
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
@@ -30,6 +30,7 @@ from streaming.watcher import CheckpointStore, CollectionWatcher, WatchMode
 logger = logging.getLogger("streaming.engine")
 
 Listener = Callable[[ChangeEvent], None]
+MaybeDoc = TypeVar("MaybeDoc", Document, Document | None)
 DEFAULT_COLLECTIONS = ("orders", "products", "users", "notifications")
 
 
@@ -167,16 +168,21 @@ class ChangeEngine:
         """A document through the cache (read-through on a miss, guarded by the breaker)."""
         return await self.cache.get(collection, key)
 
-    def visible(self, collection: str, doc: Document | None) -> Document | None:
+    def visible(self, collection: str, doc: MaybeDoc) -> MaybeDoc:
         """``doc`` without the collection's hidden fields (the form the engine hands out)."""
         hidden = self.hidden.get(collection)
         if not hidden or doc is None or hidden.isdisjoint(doc):
             return doc
         return {k: v for k, v in doc.items() if k not in hidden}
 
+    def hidden_projection(self, collection: str) -> dict[str, int] | None:
+        """A find() projection that leaves the collection's hidden fields in the database."""
+        hidden = self.hidden.get(collection)
+        return {field: 0 for field in sorted(hidden)} if hidden else None
+
     async def prime(self, collection: str) -> int:
         """Load a collection into the cache as stream versions (call right after start)."""
-        docs = [self._visible_decoded(collection, d)
+        docs = [self.visible(collection, decode(d))
                 async for d in self.database[collection].find({})]
         self.cache.prime(collection, docs)
         return len(docs)
@@ -199,12 +205,7 @@ class ChangeEngine:
 
     async def _load(self, collection: str, key: Any) -> Document | None:
         doc = await self.database[collection].find_one({"_id": key})
-        return self._visible_decoded(collection, doc) if doc is not None else None
-
-    def _visible_decoded(self, collection: str, raw: Document) -> Document:
-        doc: Document = decode(raw)
-        visible = self.visible(collection, doc)
-        return doc if visible is None else visible
+        return self.visible(collection, decode(doc)) if doc is not None else None
 
     def _handle(self, collection: str, raw: Document) -> None:
         event = self._normalize(collection, raw)
@@ -229,7 +230,7 @@ class ChangeEngine:
             return None
         key = decode((raw.get("documentKey") or {}).get("_id"))
         full = raw.get("fullDocument")
-        doc = self._visible_decoded(collection, full) if full is not None else None
+        doc = self.visible(collection, decode(full)) if full is not None else None
         known = self.cache.stream_version(collection, key)
         before = None if known is ABSENT or op == "insert" else known
         changes = None
