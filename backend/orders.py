@@ -126,14 +126,12 @@ async def place_order(db: AsyncDatabase[Document], engine: Any, *, user_id: str,
     except DuplicateKeyError:
         if idempotency_key is None:
             raise
-        placed = await db.orders.find_one({"_id": order["_id"]})
-        same = placed is not None and placed.get("idempotency_key") == idempotency_key \
-            and placed["user_id"] == user_id \
-            and [(i["product_id"], i["quantity"]) for i in placed["items"]] == list(merged.items())
-        if not same:
+        placed = await db.orders.find_one({"_id": order["_id"], "user_id": user_id,
+                                           "idempotency_key": idempotency_key})
+        if placed is None or [(i["product_id"], i["quantity"]) for i in placed["items"]] \
+                != list(merged.items()):
             raise ApiError(422, f"Idempotency-Key {idempotency_key!r} was already used for "
                                 "another order") from None
-        assert placed is not None
         return engine.visible("orders", placed), False
     await engine.settle("orders", order["_id"], order, timeout=SETTLE_S)
     return order, True

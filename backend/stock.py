@@ -185,7 +185,7 @@ async def sweep(db: AsyncDatabase[Document], engine: Any, *, stale_before: str) 
         outcome = await settle_takes(db, order_id, lines, order=order)
         if outcome != "left":
             done[outcome] += 1
-    if done["given_back"] or done["restocked"]:
+    if done["given_back"]:  # (restock nudges by itself)
         engine.nudge("products")
     if any(done.values()):
         logger.info("stock sweep: %s", done)
