@@ -416,13 +416,15 @@ class Pipeline:
             {"_id": 1}).to_list()
         for doc in stuck:
             self._queue.put_nowait(str(doc["_id"]))
-        swept = await stock.sweep(self.db, self.engine, stale_before=cutoff)
-        await self._refunds_due(int((time.time() - self.reconcile_after_s) * 1000))
-        self.counters["stock_repairs"] += sum(swept.values())
+        # Counted as soon as they are queued: the sweeps below await, and may fail or be
+        # cancelled while the queued orders are already being driven.
         self.counters["reconcile_sweeps"] += 1
         self.counters["reconciled"] += len(stuck)
         if stuck:
             logger.info("reconciler re-drives %d stuck orders", len(stuck))
+        swept = await stock.sweep(self.db, self.engine, stale_before=cutoff)
+        self.counters["stock_repairs"] += sum(swept.values())
+        await self._refunds_due(int((time.time() - self.reconcile_after_s) * 1000))
         return len(stuck)
 
     async def _reconcile_loop(self) -> None:
