@@ -29,7 +29,9 @@ class Site:
     db: Any
     front: Front
     page_errors: list[str] = field(default_factory=list)  # uncaught exceptions, any page
-    console_errors: dict[int, list[str]] = field(default_factory=dict)  # per page
+    # Per page, keyed by the page itself: an id() would be reused once a closed page is freed,
+    # handing a new page the errors of an old one.
+    console_errors: dict[Page, list[str]] = field(default_factory=dict)
     contexts: list[BrowserContext] = field(default_factory=list)
 
     def live_connections(self, view: str, email: str) -> list[Any]:
@@ -115,7 +117,7 @@ async def open_page(browser: Browser, site: Site, email: str, path: str, *,
     site.contexts.append(context)
     page = await context.new_page()
     page.set_default_timeout(10_000)
-    errors = site.console_errors.setdefault(id(page), [])
+    errors = site.console_errors.setdefault(page, [])
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: site.page_errors.append(f"{path}: {e}"))
     await page.goto(site.base + "/login")

@@ -284,5 +284,5 @@ async def test_pages_screenshots_phone_width_and_accessible_names(
     for name in ("portal", "admin", "dashboard", "portal-phone"):
         assert (shots / f"{name}.png").stat().st_size > 20_000, name  # a page, not a blank
     for page in pages:  # pages that did nothing wrong log nothing wrong
-        assert site.console_errors[id(page)] == [], page.url
+        assert site.console_errors[page] == [], page.url
     assert site.page_errors == []  # no script error on any page of any test
