@@ -4,6 +4,7 @@ COPY pyproject.toml README.md ./
 COPY backend backend
 COPY streaming streaming
 COPY seed seed
+COPY loadtest loadtest
 COPY frontend frontend
 RUN pip install --no-cache-dir .
 RUN useradd --create-home changecast && mkdir -p /data && chown changecast /data

@@ -23,13 +23,13 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 test: $(STAMP) chromium
-	$(BIN)/ruff check backend streaming seed tests bench
+	$(BIN)/ruff check backend streaming seed tests bench loadtest
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check backend streaming seed tests bench
-	$(BIN)/ruff format --check backend streaming seed tests bench
+	$(BIN)/ruff check backend streaming seed tests bench loadtest
+	$(BIN)/ruff format --check backend streaming seed tests bench loadtest
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

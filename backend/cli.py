@@ -15,13 +15,13 @@ from pathlib import Path
 
 import uvicorn
 
-from backend import loadtest
-from backend.app import create_app
-from backend.database import DatabaseError, open_database
-from backend.logs import configure_logging
-from backend.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings, SettingsError
+from backend.infra.database import DatabaseError, open_database
+from backend.infra.logs import configure_logging
+from backend.infra.progress import ProgressBar
+from backend.infra.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings, SettingsError
+from backend.web.app import create_app
+from loadtest.scenarios import SCENARIOS, scenario_with
 from seed.loader import seed_database
-from seed.progress import ProgressBar
 
 logger = logging.getLogger("changecast.cli")
 
@@ -48,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--orders", type=_non_negative, default=300, help="historical orders")
     seed.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
     load = sub.add_parser("loadtest", help="drive a running server and report latencies")
-    load.add_argument("--scenario", required=True, choices=sorted(loadtest.SCENARIOS),
+    load.add_argument("--scenario", required=True, choices=sorted(SCENARIOS),
                       help="; ".join(f"{s.name}: {s.description}"
-                                     for s in loadtest.SCENARIOS.values()))
+                                     for s in SCENARIOS.values()))
     load.add_argument("--duration", type=_positive_float, help="seconds (default 30)")
     load.add_argument("--rps", type=_positive_float, help="requests per second to offer")
     load.add_argument("--clients", type=_non_negative, help="WebSocket clients watching")
@@ -149,7 +149,12 @@ async def seed(settings: Settings, *, reset: bool, orders: int, seed_number: int
 
 
 def run_loadtest(settings: Settings, args: argparse.Namespace) -> None:
-    scenario = loadtest.scenario_with(args.scenario, duration=args.duration, rps=args.rps,
+    try:
+        from loadtest import runner as loadtest
+    except ImportError as exc:  # the httpx client is an extra: the server does not need it
+        raise CliError(f"changecast loadtest needs the loadtest extra ({exc.name} is missing): "
+                       "pip install 'changecast[loadtest]'") from None
+    scenario = scenario_with(args.scenario, duration=args.duration, rps=args.rps,
                                       clients=args.clients)
     url = args.url or f"http://{settings.host}:{settings.port}"
     if not url.startswith(("http://", "https://")):

@@ -25,8 +25,8 @@ from typing import Any
 from cachetools import TTLCache
 from pymongo import ReturnDocument
 
-from backend.database import make_client
-from backend.embedded import EmbeddedServer
+from backend.infra.database import make_client
+from backend.infra.embedded import EmbeddedServer
 from bench.report import chart_bars, write
 from streaming import ChangeEngine
 
@@ -85,10 +85,10 @@ async def run(kind: str, db: Any, keys: list[str], seconds: float, write_rate: f
             hits += 1
             return doc
         misses += 1
-        doc = await db.products.find_one({"_id": key})
-        if doc is not None:
-            ttl[key] = doc
-        return doc
+        loaded: dict[str, Any] | None = await db.products.find_one({"_id": key})
+        if loaded is not None:
+            ttl[key] = loaded
+        return loaded
 
     async def reader() -> None:
         nonlocal reads, stale
@@ -127,8 +127,8 @@ async def run(kind: str, db: Any, keys: list[str], seconds: float, write_rate: f
     await asyncio.gather(*tasks)
     writes = sum(len(v) for v in ledger.done.values())
     if engine is not None:
-        stats = engine.cache.stats()
-        hits, misses = stats["hits"], stats["misses"]
+        stats = engine.stats().cache
+        hits, misses = stats.hits, stats.misses
         await engine.stop()
     return {"cache": kind, "reads": reads, "writes": writes, "stale_reads": stale,
             "hits": hits, "misses": misses,

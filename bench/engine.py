@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def run_hub(subscribers: int, scenario: str) -> tuple[float, int]:
 def run_naive(subscribers: int, scenario: str) -> tuple[float, int]:
     """The baseline: scan every subscriber, one asyncio.Queue each."""
     queues = [asyncio.Queue[dict[str, Any]]() for _ in range(subscribers)]
+    filters: list[Callable[[dict[str, Any]], bool] | None]
     if scenario == "broadcast":
         filters = [None] * subscribers
     else:

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backend.database import make_client
-from backend.embedded import EmbeddedServer
-from backend.orders import create_order
+from backend.domain.orders import place_order
+from backend.infra.database import make_client
+from backend.infra.embedded import EmbeddedServer
 from backend.pipeline import AUTOMATIC, PaymentGateway, Pipeline
 from bench.report import chart_bars, write
 from streaming import ChangeEngine
@@ -56,7 +56,7 @@ async def _place(db: Any, engine: Any, orders: int, products: list[str]) -> None
     async def one(n: int) -> None:
         async with sem:
             items = [(p, rng.randint(1, 3)) for p in rng.sample(products, 2)]
-            await create_order(db, engine, user_id=f"c{n % 20:02d}", items=items,
+            await place_order(db, engine, user_id=f"c{n % 20:02d}", items=items,
                                correlation=f"b{n}", actor="customer")
 
     await asyncio.gather(*(one(n) for n in range(orders)))
@@ -88,7 +88,7 @@ async def run_once(client: Any, name: str, orders: int, concurrency: int,
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         async with EmbeddedServer(data_dir=Path(tmp)) as server:
             client = make_client(server.uri)

@@ -23,17 +23,19 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import functools
 import random
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pymongo import AsyncMongoClient
 
-from backend.loadtest import latencies
 from bench.report import chart_bars, spread, write
 from bench.site import Site, hang_up, products_of, site, stock_key, watchers
+from loadtest.runner import latencies
 from streaming.events import decode
 
 Arrivals = dict[str, float]  # key "product=stock" -> first time this client saw it
@@ -218,12 +220,16 @@ async def _quiet(count: Any, *, settle: float, limit: float) -> None:
 async def main(args: argparse.Namespace) -> None:
     results = []
     for clients in args.clients:
-        runs = [("websocket", lambda b, c=clients: websockets(b, c, args.rate, args.duration)),
-                ("poll 1 s", lambda b, c=clients: polling(b, c, args.rate, args.duration, 1.0)),
-                ("poll 5 s", lambda b, c=clients: polling(b, c, args.rate, args.duration, 5.0))]
+        runs: list[tuple[str, Callable[[Site], Awaitable[dict[str, Any]]]]] = [
+            ("websocket", functools.partial(websockets, clients=clients, rate=args.rate,
+                                            duration=args.duration)),
+            ("poll 1 s", functools.partial(polling, clients=clients, rate=args.rate,
+                                           duration=args.duration, every=1.0)),
+            ("poll 5 s", functools.partial(polling, clients=clients, rate=args.rate,
+                                           duration=args.duration, every=5.0))]
         if clients <= args.stream_clients_max:
-            runs.append(("streams", lambda b, c=clients: streams(b, c, args.rate,
-                                                                  args.duration)))
+            runs.append(("streams", functools.partial(streams, clients=clients, rate=args.rate,
+                                                      duration=args.duration)))
         for label, run in runs:
             async with site() as bench:  # a fresh server each time: no run inherits another's load
                 result = await run(bench)

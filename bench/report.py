@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from backend.loadtest import percentile, spread
+from loadtest.runner import percentile, spread
 
 __all__ = ["chart_bars", "machine", "percentile", "spread", "write"]
 

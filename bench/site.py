@@ -18,9 +18,9 @@ import httpx
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
-from backend import loadtest
-from backend.embedded import EmbeddedServer
-from backend.settings import DEFAULT_ADMIN_PASSWORD
+from backend.infra.embedded import EmbeddedServer
+from backend.infra.settings import DEFAULT_ADMIN_PASSWORD
+from loadtest import runner as loadtest
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import random
-import string
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
-Document = dict[str, Any]
+from backend.domain import Document
+from backend.domain.clock import iso
+from backend.domain.orders import new_order_id
 
 CATEGORIES: dict[str, tuple[str, tuple[int, int], tuple[str, ...]]] = {
     # category: (sku prefix, price range in cents, nouns)
@@ -61,16 +61,6 @@ ACTORS = {"pending": "customer", "cancelled": "customer", "shipped": "admin",
 ADMIN_ID = "user-admin"
 ADMIN_EMAIL = "admin@example.com"
 LOW_STOCK_THRESHOLD = 10
-ORDER_ID_ALPHABET = string.ascii_uppercase + string.digits
-
-
-def iso(moment: datetime) -> str:
-    """ISO-8601 UTC with milliseconds, e.g. ``2026-11-22T04:30:00.123Z``.
-
-    Timestamps are stored as these strings: they sort correctly, read well in
-    JSON, and survive NX-27017, which turns a ``$set`` of a datetime into text.
-    """
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def customer_email(n: int) -> str:
@@ -81,11 +71,6 @@ def customer_email(n: int) -> str:
 def customer_id(n: int) -> str:
     """The user id of customer ``n`` (1-based)."""
     return f"user-customer{n:02d}"
-
-
-def order_id(rng: random.Random) -> str:
-    """An ``ORD-`` id with 8 random characters."""
-    return "ORD-" + "".join(rng.choices(ORDER_ID_ALPHABET, k=8))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +151,7 @@ def _order(rng: random.Random, products: list[Document], customers: list[Documen
         history.append({"status": step, "at": iso(at), "by": ACTORS.get(step, "pipeline")})
         at += timedelta(seconds=rng.randint(1, 3600))
     order: Document = {
-        "_id": order_id(rng),
+        "_id": new_order_id(rng),
         "user_id": customer["_id"],
         "items": items,
         "total_cents": sum(i["quantity"] * i["price_cents"] for i in items),

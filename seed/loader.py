@@ -7,18 +7,27 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from backend.passwords import hash_password
-from seed.data import generate, iso
-from seed.progress import ProgressBar
+from backend.domain import Document
+from backend.domain.clock import iso
+from backend.domain.passwords import hash_password
+from seed.data import generate
 
 SEEDED_COLLECTIONS = ("products", "users", "orders", "notifications", "audit")
 BATCH = 100
 
-ProgressFactory = Callable[[int, str], ProgressBar | None]
+
+
+class Progress(Protocol):
+    """Anything that can be told that more of the work is done (a progress bar)."""
+
+    def advance(self, amount: int = 1) -> None: ...
+
+
+ProgressFactory = Callable[[int, str], Progress | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +40,13 @@ class SeedReport:
     orders: int = 0
 
 
-async def is_seeded(db: AsyncDatabase[dict[str, Any]]) -> bool:
+async def is_seeded(db: AsyncDatabase[Document]) -> bool:
     """True once demo data has been loaded into ``db``."""
     return await db.meta.find_one({"_id": "seed"}) is not None
 
 
 async def seed_database(
-    db: AsyncDatabase[dict[str, Any]],
+    db: AsyncDatabase[Document],
     *,
     admin_password: str,
     demo_password: str | None,
@@ -83,8 +92,8 @@ async def seed_database(
     )
 
 
-async def _insert(db: AsyncDatabase[dict[str, Any]], name: str, docs: list[dict[str, Any]],
-                  bar: ProgressBar | None) -> None:
+async def _insert(db: AsyncDatabase[Document], name: str, docs: list[Document],
+                  bar: Progress | None) -> None:
     for start in range(0, len(docs), BATCH):
         chunk = docs[start:start + BATCH]
         await db[name].insert_many(chunk, ordered=True)

@@ -5,29 +5,48 @@ Framework-free: it imports PyMongo and cachetools, never a web framework.
 
 from __future__ import annotations
 
+from streaming.backoff import Backoff
 from streaming.breaker import BreakerState, CircuitBreaker
-from streaming.cache import DocumentCache
-from streaming.engine import DEFAULT_COLLECTIONS, ChangeEngine
-from streaming.errors import BreakerOpenError, FilterError, StreamingError, SubscriptionError
-from streaming.events import ChangeEvent, Changes, decode, diff
+from streaming.cache import CacheStats, DocumentCache
+from streaming.engine import DEFAULT_COLLECTIONS, BreakerStats, ChangeEngine, EngineStats
+from streaming.errors import (
+    BreakerOpenError,
+    FilterError,
+    HistoryLost,
+    StreamingError,
+    SubscriptionError,
+)
+from streaming.events import ChangeEvent, Changes, decode, diff, get_path
 from streaming.filters import Filter, compile_filter
 from streaming.hub import Delivery, Hub, Subscriber, Subscription, merge_changes
-from streaming.metrics import EngineMetrics, LatencyRecorder
+from streaming.metrics import (
+    EngineMetrics,
+    Histogram,
+    LatencyRecorder,
+    LatencySummary,
+    MetricsStats,
+    percentile,
+)
+from streaming.types import Document
 from streaming.watcher import (
     CheckpointStore,
     CollectionWatcher,
-    HistoryLost,
     MemoryCheckpoints,
     MongoCheckpoints,
     WatcherState,
+    WatcherStats,
+    WatchOptions,
     is_history_lost,
     is_resumable,
 )
 
 __all__ = [
     "DEFAULT_COLLECTIONS",
+    "Backoff",
     "BreakerOpenError",
     "BreakerState",
+    "BreakerStats",
+    "CacheStats",
     "ChangeEngine",
     "ChangeEvent",
     "Changes",
@@ -35,24 +54,33 @@ __all__ = [
     "CircuitBreaker",
     "CollectionWatcher",
     "Delivery",
+    "Document",
     "DocumentCache",
     "EngineMetrics",
+    "EngineStats",
     "Filter",
     "FilterError",
+    "Histogram",
     "HistoryLost",
     "Hub",
     "LatencyRecorder",
+    "LatencySummary",
     "MemoryCheckpoints",
+    "MetricsStats",
     "MongoCheckpoints",
     "StreamingError",
     "Subscriber",
     "Subscription",
     "SubscriptionError",
+    "WatchOptions",
     "WatcherState",
+    "WatcherStats",
     "compile_filter",
     "decode",
     "diff",
+    "get_path",
     "is_history_lost",
     "is_resumable",
     "merge_changes",
+    "percentile",
 ]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cachetools import LRUCache
 
 from streaming.breaker import CircuitBreaker
-from streaming.events import ChangeEvent
 from streaming.types import Document
 
 Loader = Callable[[str, Any], Awaitable[Document | None]]
@@ -24,6 +24,18 @@ class _Counting(LRUCache[tuple[str, Any], tuple[Document | None, bool]]):
         self.evictions += 1
         self.complete.discard(item[0][0])
         return item
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Hits, misses, evictions, size and hit ratio."""
+
+    hits: int
+    misses: int
+    evictions: int
+    size: int
+    maxsize: int
+    hit_ratio: float
 
 
 class DocumentCache:
@@ -58,22 +70,22 @@ class DocumentCache:
         """Entries pushed out by the LRU policy."""
         return self._data.evictions
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> CacheStats:
         """Hits, misses, evictions, size and hit ratio."""
         total = self.hits + self.misses
-        return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,
-                "size": len(self._data), "maxsize": self._data.maxsize,
-                "hit_ratio": round(self.hits / total, 4) if total else 0.0}
+        return CacheStats(hits=self.hits, misses=self.misses, evictions=self.evictions,
+                          size=len(self._data), maxsize=int(self._data.maxsize),
+                          hit_ratio=round(self.hits / total, 4) if total else 0.0)
 
-    def apply(self, event: ChangeEvent) -> None:
-        """Make the cache reflect ``event`` (insert/update/replace put, delete stores absence)."""
-        key = (event.collection, event.key)
-        self._generation[key] = self._generation.get(key, 0) + 1
+    def store(self, collection: str, key: Any, doc: Document | None) -> None:
+        """The stream delivered ``doc`` as the new version of ``key`` (None: it was deleted)."""
+        slot = (collection, key)
+        self._generation[slot] = self._generation.get(slot, 0) + 1
         if len(self._generation) > 4 * self._data.maxsize:
             # Bounded memory; the epoch makes every load that started before this one stale.
             self._generation.clear()
             self._epoch += 1
-        self._data[key] = (None if event.op == "delete" else event.doc, True)
+        self._data[slot] = (doc, True)
 
     def stream_version(self, collection: str, key: Any) -> Document | Any | None:
         """The last version the stream delivered, None if deleted, or ABSENT when unknown."""

@@ -4,28 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bson import Timestamp
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from streaming.breaker import CircuitBreaker
-from streaming.cache import ABSENT, DocumentCache
-from streaming.events import (
-    ChangeEvent,
-    changes_from_description,
-    decode,
-    diff,
-    epoch_ms,
-    full_set,
-)
+from streaming.cache import ABSENT, CacheStats, DocumentCache
+from streaming.events import ChangeEvent, decode, normalize, visible
 from streaming.hub import Hub, Subscriber
-from streaming.metrics import EngineMetrics
+from streaming.metrics import EngineMetrics, Histogram, MetricsStats
 from streaming.types import Document, OverflowPolicy
-from streaming.watcher import CheckpointStore, CollectionWatcher, WatchMode
+from streaming.watcher import (
+    CheckpointStore,
+    CollectionWatcher,
+    WatcherStats,
+    WatchMode,
+    WatchOptions,
+)
 
 logger = logging.getLogger("streaming.engine")
 
@@ -39,6 +39,40 @@ def _breaker_failure(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionFailure | TimeoutError) or (
         isinstance(exc, PyMongoError) and not isinstance(exc, OperationFailure)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStats:
+    """The database circuit breaker: its state and how often it opened."""
+
+    state: str
+    opened: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Everything the engine reports, typed; ``as_dict()`` is the JSON form."""
+
+    seq: int
+    subscribers: int
+    subscriptions: int
+    queued: int
+    uptime_s: float
+    metrics: MetricsStats
+    cache: CacheStats
+    breaker: BreakerStats
+    watchers: dict[str, WatcherStats]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The flat JSON shape of ``/api/metrics`` (counters at the top level)."""
+        data = dataclasses.asdict(self.metrics)
+        data.update(seq=self.seq, subscribers=self.subscribers,
+                    subscriptions=self.subscriptions, queued=self.queued,
+                    cache=dataclasses.asdict(self.cache),
+                    breaker=dataclasses.asdict(self.breaker),
+                    watchers={k: dataclasses.asdict(w) for k, w in self.watchers.items()},
+                    uptime_s=self.uptime_s)
+        return data
 
 
 class ChangeEngine:
@@ -64,11 +98,11 @@ class ChangeEngine:
         self.cache = DocumentCache(maxsize=cache_size, loader=self._load, breaker=self.breaker)
         self.hub = Hub(collections=self.collections, buffer_size=buffer_size,
                        queue_size=queue_size, policy=policy, metrics=self.metrics)
+        options = WatchOptions(mode=mode, idle_interval=idle_interval, backoff_max=backoff_max)
         self.watchers = {
             name: CollectionWatcher(
                 database[name], handler=self._handle, on_history_lost=self._history_lost,
-                mode=mode, breaker=self.breaker, checkpoints=checkpoints,
-                idle_interval=idle_interval, backoff_max=backoff_max)
+                options=options, breaker=self.breaker, checkpoints=checkpoints)
             for name in self.collections
         }
         self._listeners: list[Listener] = []
@@ -93,8 +127,7 @@ class ChangeEngine:
     async def stop(self) -> None:
         """Close every stream (saving tokens) and every subscriber."""
         await asyncio.gather(*(w.stop() for w in self.watchers.values()))
-        for subscriber in list(self.hub._subscribers):
-            subscriber.close()
+        self.hub.close_all()
 
     async def __aenter__(self) -> ChangeEngine:
         await self.start()
@@ -168,12 +201,41 @@ class ChangeEngine:
         """A document through the cache (read-through on a miss, guarded by the breaker)."""
         return await self.cache.get(collection, key)
 
+    def documents(self, collection: str) -> list[Document] | None:
+        """Every document of ``collection`` when the cache holds it whole, else None."""
+        return self.cache.documents(collection)
+
+    def peek(self, collection: str, key: Any) -> Document | None:
+        """The cached version of a document, if any (no database read, no hit counted)."""
+        return self.cache.peek(collection, key)
+
     def visible(self, collection: str, doc: MaybeDoc) -> MaybeDoc:
         """``doc`` without the collection's hidden fields (the form the engine hands out)."""
-        hidden = self.hidden.get(collection)
-        if not hidden or doc is None or hidden.isdisjoint(doc):
+        if doc is None:
             return doc
-        return {k: v for k, v in doc.items() if k not in hidden}
+        return visible(doc, self.hidden.get(collection, frozenset()))
+
+    # ---- the database guard (for callers that bound their own database calls) --------------
+
+    def admit(self) -> None:
+        """Raise BreakerOpenError while the database circuit is open (fail fast)."""
+        self.breaker.before_call()
+
+    def record_outcome(self, *, ok: bool) -> None:
+        """Tell the breaker how a database call guarded by ``admit()`` ended."""
+        if ok:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure()
+
+    def observe_delivery(self, event_at_ms: int, now_ms: float | None = None) -> None:
+        """A change written at ``event_at_ms`` reached a client (delivery latency)."""
+        now = now_ms if now_ms is not None else time.time() * 1000
+        self.metrics.delivery.observe(max(0.0, now - event_at_ms))
+
+    def delivery_histogram(self) -> Histogram:
+        """All-time change → client latency buckets (for exporters)."""
+        return self.metrics.delivery.histogram()
 
     def hidden_projection(self, collection: str) -> dict[str, int] | None:
         """A find() projection that leaves the collection's hidden fields in the database."""
@@ -187,19 +249,19 @@ class ChangeEngine:
         self.cache.prime(collection, docs)
         return len(docs)
 
+    def stats(self) -> EngineStats:
+        """Every figure the engine keeps, typed."""
+        return EngineStats(
+            seq=self.hub.seq, subscribers=self.hub.subscriber_count,
+            subscriptions=self.hub.subscription_count(), queued=self.hub.queued(),
+            uptime_s=round(time.monotonic() - self.started_at, 3),
+            metrics=self.metrics.stats(), cache=self.cache.stats(),
+            breaker=BreakerStats(self.breaker.state.value, self.breaker.opened_count),
+            watchers={name: w.stats() for name, w in self.watchers.items()})
+
     def snapshot(self) -> dict[str, Any]:
-        """Every metric as a plain dict."""
-        data = self.metrics.snapshot()
-        data["seq"] = self.hub.seq
-        data["subscribers"] = self.hub.subscriber_count
-        data["subscriptions"] = self.hub.subscription_count()
-        data["queued"] = self.hub.queued()
-        data["cache"] = self.cache.stats()
-        data["breaker"] = {"state": self.breaker.state.value,
-                           "opened": self.breaker.opened_count}
-        data["watchers"] = {name: w.snapshot() for name, w in self.watchers.items()}
-        data["uptime_s"] = round(time.monotonic() - self.started_at, 3)
-        return data
+        """Every metric as a plain dict (the JSON form of ``stats()``)."""
+        return self.stats().as_dict()
 
     # ---- the change path --------------------------------------------------------------------
 
@@ -207,11 +269,21 @@ class ChangeEngine:
         doc = await self.database[collection].find_one({"_id": key})
         return self.visible(collection, decode(doc)) if doc is not None else None
 
-    def _handle(self, collection: str, raw: Document) -> None:
-        event = self._normalize(collection, raw)
-        if event is None:
-            return
-        self.watchers[collection].mark_event_time(event.at)
+    def _handle(self, collection: str, raw: Document) -> int | None:
+        """One raw change from a watcher: normalize, cache, publish, wake writers, tell
+        listeners; returns the change's time when it became an event."""
+        hidden = self.hidden.get(collection, frozenset())
+        change = normalize(raw, hidden=hidden,
+                           previous=lambda key: self._previous(collection, key))
+        if change is None:
+            return None
+        if change.empty:
+            self.metrics.empty_updates += 1
+            return None
+        self.cache.store(collection, change.key, change.doc)
+        event = self.hub.publish(op=change.op, collection=collection, key=change.key,
+                                 doc=change.doc, before=change.before, changes=change.changes,
+                                 at=change.at, token=change.token)
         waiters = self._waiters.get((collection, event.key))
         if waiters:
             for future, expected in waiters:
@@ -223,40 +295,11 @@ class ChangeEngine:
                 listener(event)
             except Exception:
                 logger.exception("change listener failed on %s %s", collection, event.key)
+        return event.at
 
-    def _normalize(self, collection: str, raw: Document) -> ChangeEvent | None:
-        op = raw.get("operationType")
-        if op not in ("insert", "update", "replace", "delete"):
-            return None
-        key = decode((raw.get("documentKey") or {}).get("_id"))
-        full = raw.get("fullDocument")
-        doc = self.visible(collection, decode(full)) if full is not None else None
+    def _previous(self, collection: str, key: Any) -> Document | None:
         known = self.cache.stream_version(collection, key)
-        before = None if known is ABSENT or op == "insert" else known
-        changes = None
-        if op == "delete":
-            # NX-27017 sends the deleted document; MongoDB sends only the key.
-            before = before if before is not None else doc
-            doc = None
-        elif op in ("update", "replace"):
-            description = raw.get("updateDescription")
-            if doc is None:
-                return None  # deleted before the lookup; the delete event follows
-            if op == "update" and description:
-                changes = changes_from_description(description)
-                hidden = self.hidden.get(collection)
-                if hidden:
-                    changes = changes.without(hidden)
-            elif before is not None:
-                changes = diff(before, doc)
-            else:
-                changes = full_set(doc)
-            if before is not None and not changes:
-                self.metrics.empty_updates += 1
-                return None
-        self.cache.apply(ChangeEvent(0, op, collection, key, doc, before, changes, 0))
-        return self.hub.publish(op=op, collection=collection, key=key, doc=doc, before=before,
-                                changes=changes, at=_event_ms(raw), token=raw.get("_id"))
+        return None if known is ABSENT else known
 
     def _history_lost(self, collection: str, reason: str) -> None:
         self.cache.invalidate(collection)
@@ -265,14 +308,3 @@ class ChangeEngine:
             with contextlib.suppress(Exception):
                 listener(collection, reason)
 
-
-def _event_ms(raw: Document) -> int:
-    wall = raw.get("wallTime")
-    at = epoch_ms(wall)
-    if at is not None:
-        return at
-    cluster = raw.get("clusterTime")
-    if isinstance(cluster, Timestamp):
-        return cluster.time * 1000
-    at = epoch_ms(cluster)
-    return at if at is not None else time.time_ns() // 1_000_000

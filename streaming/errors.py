@@ -25,3 +25,7 @@ class FilterError(StreamingError, ValueError):
 
 class SubscriptionError(StreamingError, ValueError):
     """A subscription request is invalid (unknown collection, duplicate id, ...)."""
+
+
+class HistoryLost(StreamingError):
+    """The stream cannot continue from where it was: subscribers must resync."""

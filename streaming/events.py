@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bson import Binary, ObjectId
+from bson import Binary, ObjectId, Timestamp
 
 from streaming.types import Document, Op
 
@@ -107,15 +109,21 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def changes_from_description(description: Document) -> Changes:
-    """``Changes`` from MongoDB's ``updateDescription``."""
-    updated = description.get("updatedFields") or {}
+def changes_from_description(description: Document, doc: Document | None) -> Changes:
+    """``Changes`` from MongoDB's ``updateDescription``.
+
+    A ``truncatedArrays`` entry says an array was cut to ``newSize`` without naming its new
+    value: the array is sent whole from ``doc`` (the version of this change), replacing any
+    element paths under it, so a subscriber applying the changes ends with the right array.
+    """
+    changed = dict(description.get("updatedFields") or {})
     removed = tuple(description.get("removedFields") or ())
-    truncated = description.get("truncatedArrays") or []
-    changed = dict(updated)
-    for entry in truncated:  # a truncated array is re-sent whole by the caller's doc
-        changed.setdefault(entry["field"], _MISSING)
-    return Changes({k: v for k, v in changed.items() if v is not _MISSING}, removed)
+    for entry in description.get("truncatedArrays") or ():
+        path = entry["field"]
+        for key in [k for k in changed if k.startswith(path + ".")]:
+            del changed[key]
+        changed[path] = get_path(doc, path)
+    return Changes(changed, removed)
 
 
 def get_path(doc: Document | None, path: str) -> Any:
@@ -141,3 +149,73 @@ def epoch_ms(value: Any) -> int | None:
             value = value.replace(tzinfo=dt.UTC)
         return int(value.timestamp() * 1000)
     return None
+
+
+def event_ms(raw: Document) -> int:
+    """A raw change's time in epoch ms: ``wallTime``, else ``clusterTime``, else now."""
+    at = epoch_ms(raw.get("wallTime"))
+    if at is not None:
+        return at
+    cluster = raw.get("clusterTime")
+    if isinstance(cluster, Timestamp):
+        return int(cluster.time) * 1000
+    at = epoch_ms(cluster)
+    return at if at is not None else time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    """One raw change made engine-shaped, before it gets a ``seq``."""
+
+    op: Op
+    key: Any
+    doc: Document | None
+    before: Document | None
+    changes: Changes | None
+    at: int
+    token: Any
+
+    @property
+    def empty(self) -> bool:
+        """An update that changed nothing visible against the known previous version."""
+        return self.op in ("update", "replace") and self.before is not None and not self.changes
+
+
+def visible(doc: Document, hidden: frozenset[str]) -> Document:
+    """``doc`` without the top-level ``hidden`` fields."""
+    if not hidden or hidden.isdisjoint(doc):
+        return doc
+    return {k: v for k, v in doc.items() if k not in hidden}
+
+
+def normalize(raw: Document, *, previous: Callable[[Any], Document | None],
+              hidden: frozenset[str] = frozenset()) -> Normalized | None:
+    """The change a raw stream document stands for, or None when it says nothing visible.
+
+    ``previous(key)``: the last version of the document this stream delivered, or None
+    when unknown; the diff is computed against it when the server sends no
+    ``updateDescription`` (NX-27017 never does). An update that changes only ``hidden``
+    fields, or nothing at all, comes back ``empty``.
+    """
+    op = raw.get("operationType")
+    if op not in ("insert", "update", "replace", "delete"):
+        return None
+    key = decode((raw.get("documentKey") or {}).get("_id"))
+    full = raw.get("fullDocument")
+    doc = visible(decode(full), hidden) if full is not None else None
+    before = None if op == "insert" else previous(key)
+    changes = None
+    if op == "delete":
+        # NX-27017 sends the deleted document; MongoDB sends only the key.
+        before = before if before is not None else doc
+        doc = None
+    else:
+        if doc is None:
+            return None  # deleted before the lookup; the delete event follows
+        description = raw.get("updateDescription")
+        if op == "update" and description:
+            changes = changes_from_description(decode(description), doc).without(hidden)
+        elif op != "insert":
+            changes = diff(before, doc) if before is not None else full_set(doc)
+    return Normalized(op, key, doc, before, changes, event_ms(raw), raw.get("_id"))
+

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streaming.errors import FilterError
+from streaming.events import get_path
 from streaming.types import Document
 
 MAX_LENGTH = 1_000
@@ -292,20 +293,9 @@ def _ordered(a: Any, b: Any, op: str) -> bool:
 
 
 def _getter(path: str) -> Callable[[Document], Any]:
-    parts = path.split(".")
-    if len(parts) == 1:
-        name = parts[0]
-        return lambda doc: doc.get(name)
-
-    def get(doc: Document) -> Any:
-        current: Any = doc
-        for part in parts:
-            if not isinstance(current, dict):
-                return None
-            current = current.get(part)
-        return current
-
-    return get
+    if "." not in path:  # the common case, without the walk
+        return lambda doc: doc.get(path)
+    return lambda doc: get_path(doc, path)
 
 
 def _compile(node: Node) -> Predicate:

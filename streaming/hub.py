@@ -175,7 +175,7 @@ class Subscriber:
         sub = self.subscriptions.pop(sub_id, None)
         if sub is None:
             return False
-        self.hub._remove(sub)
+        self.hub.detach(sub)
         return True
 
     def close(self) -> None:
@@ -183,7 +183,7 @@ class Subscriber:
         for sub_id in list(self.subscriptions):
             self.unsubscribe(sub_id)
         self.closed = True
-        self.hub._subscribers.discard(self)
+        self.hub.forget(self)
         self._queue.clear()
         self._latest = None
         self._ready.set()
@@ -216,7 +216,7 @@ class Subscriber:
         if len(queue) == 1:
             self._ready.set()
 
-    def _offer(self, sub: Subscription, delivery: Delivery) -> None:
+    def offer(self, sub: Subscription, delivery: Delivery) -> None:
         """Queue a change; coalesce or cut the subscriber off when the queue is full."""
         metrics = self.hub.metrics
         queue = self._queue
@@ -263,7 +263,7 @@ class Subscriber:
         for control in controls:
             self._put(control)
         for sub_id in list(self.subscriptions):
-            self.hub._resync(self.subscriptions[sub_id], reason)
+            self.hub.resync(self.subscriptions[sub_id], reason)
 
 
 def _merged_changes(queued: Delivery, newer: Delivery) -> Changes:
@@ -402,13 +402,13 @@ class Hub:
         if resume_from is not None:
             reason = self._replay_gap(collection, resume_from)
             if reason is not None:
-                self._resync(sub, reason)
+                self.resync(sub, reason)
                 return sub
             for event in self._since(resume_from):
                 if event.collection == collection:
                     delivery = sub.route(event)
                     if delivery is not None:
-                        subscriber._offer(sub, delivery)
+                        subscriber.offer(sub, delivery)
                         if not sub.active:
                             return sub
         self._routes.setdefault(collection, _Routes()).add(sub)
@@ -430,15 +430,25 @@ class Hub:
         start = max(0, resume_from + 1 - self._ring[0].seq)
         return itertools.islice(self._ring, start, None)
 
-    def _remove(self, sub: Subscription) -> None:
+    def forget(self, subscriber: Subscriber) -> None:
+        """A closed subscriber leaves the hub."""
+        self._subscribers.discard(subscriber)
+
+    def close_all(self) -> None:
+        """Close every subscriber (the engine is stopping)."""
+        for subscriber in list(self._subscribers):
+            subscriber.close()
+
+    def detach(self, sub: Subscription) -> None:
         if sub.active:
             sub.active = False
             routes = self._routes.get(sub.collection)
             if routes is not None:
                 routes.remove(sub)
 
-    def _resync(self, sub: Subscription, reason: str) -> None:
-        self._remove(sub)
+    def resync(self, sub: Subscription, reason: str) -> None:
+        """End ``sub`` with a ``resync`` message: its client reloads a snapshot."""
+        self.detach(sub)
         sub.subscriber.subscriptions.pop(sub.id, None)
         sub.subscriber.send_control({"type": "resync", "id": sub.id, "reason": reason})
         self.metrics.resyncs += 1
@@ -458,7 +468,7 @@ class Hub:
             for sub in list(routes.candidates(event)):
                 delivery = sub.route(event)
                 if delivery is not None:
-                    sub.subscriber._offer(sub, delivery)
+                    sub.subscriber.offer(sub, delivery)
         return event
 
     def history_lost(self, collection: str, reason: str) -> int:
@@ -473,5 +483,5 @@ class Hub:
                 subs.extend(bucket)
         unique = list(dict.fromkeys(subs))
         for sub in unique:
-            self._resync(sub, reason)
+            self.resync(sub, reason)
         return len(unique)

@@ -16,12 +16,15 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
+from streaming.backoff import Backoff
 from streaming.breaker import CircuitBreaker
-from streaming.errors import BreakerOpenError
+from streaming.errors import BreakerOpenError, HistoryLost
+from streaming.nx import NxStreamChecks
 from streaming.types import Clock, Document
 
 logger = logging.getLogger("streaming.watcher")
@@ -39,8 +42,6 @@ HISTORY_LOST_CODES = frozenset({
 RESUMABLE_CODES = frozenset({
     6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13388, 13435, 13436, 63, 150, 234, 133, 43,
 })
-# NX-27017 keeps this many change rows per collection when it prunes.
-NX_RETENTION_ROWS = 1_000
 
 
 class WatcherState(enum.Enum):
@@ -50,10 +51,6 @@ class WatcherState(enum.Enum):
     CONNECTING = "connecting"
     WATCHING = "watching"
     BACKOFF = "backoff"
-
-
-class HistoryLost(Exception):
-    """The stream cannot continue from where it was: subscribers must resync."""
 
 
 class ChangeStreamLike(Protocol):
@@ -125,7 +122,8 @@ class MongoCheckpoints:
 
 
 def is_resumable(exc: BaseException) -> bool:
-    """True for errors after which reopening the stream from its token can work."""
+    """True for errors after which reopening the stream from its token can work; after any
+    other error the token is not trusted (the same failure would repeat on every resume)."""
     if isinstance(exc, BreakerOpenError | ConnectionFailure):
         return True
     if isinstance(exc, OperationFailure):
@@ -142,78 +140,94 @@ def is_history_lost(exc: BaseException) -> bool:
     return isinstance(exc, OperationFailure) and exc.code in HISTORY_LOST_CODES
 
 
-def nx_rowid(token: Any) -> int | None:
-    """The change-log row id inside an NX-27017 resume token (``{"_data": "nx:N"}``)."""
-    data = token.get("_data") if isinstance(token, dict) else None
-    if isinstance(data, str) and data.startswith("nx:"):
-        with contextlib.suppress(ValueError):
-            return int(data[3:])
-    return None
-
-
-ChangeHandler = Callable[[str, Document], None]
+# Hands one raw change on; returns the change's time (epoch ms) when it became an event.
+ChangeHandler = Callable[[str, Document], int | None]
 LostHandler = Callable[[str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchOptions:
+    """How a watcher reads its stream, backs off and checkpoints."""
+
+    mode: WatchMode = "await"
+    idle_interval: float = 0.025  # poll mode: how long to wait for a nudge between polls
+    max_await_ms: int = 500  # await mode: the server blocks each getMore this long
+    backoff_initial: float = 0.05
+    backoff_max: float = 5.0
+    checkpoint_interval: float = 0.25  # at most one token write per this many seconds
+    stall_after: float = 3.0  # poll mode: silence after our own writes means a dead stream
+
+    def __post_init__(self) -> None:
+        if self.idle_interval <= 0 or self.idle_interval > 1:
+            raise ValueError(f"idle_interval must be in (0, 1] seconds, got {self.idle_interval!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class WatcherStats:
+    """What a watcher reports; ``last_change_at`` is the last change's time in epoch ms."""
+
+    state: str
+    mode: WatchMode
+    reconnects: int
+    history_losses: int
+    errors: int
+    stalls: int
+    cursor_ends: int
+    foreign_changes: int
+    last_error: str | None
+    lag_ms: int | None
+    last_change_at: int | None
+    last_batch: int
 
 
 class CollectionWatcher:
     """Keeps one change stream open on one collection and hands every change to ``handler``."""
 
     def __init__(self, collection: CollectionLike, *, handler: ChangeHandler,
-                 on_history_lost: LostHandler, mode: WatchMode = "await",
+                 on_history_lost: LostHandler, options: WatchOptions | None = None,
                  breaker: CircuitBreaker | None = None,
-                 checkpoints: CheckpointStore | None = None,
-                 idle_interval: float = 0.025, max_await_ms: int = 500,
-                 backoff_initial: float = 0.05, backoff_max: float = 5.0,
-                 checkpoint_interval: float = 0.25, clock: Clock = time.monotonic,
+                 checkpoints: CheckpointStore | None = None, clock: Clock = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 rng: random.Random | None = None, stall_after: float = 3.0) -> None:
-        if idle_interval <= 0 or idle_interval > 1:
-            raise ValueError(f"idle_interval must be in (0, 1] seconds, got {idle_interval!r}")
+                 rng: random.Random | None = None) -> None:
         self.collection = collection
         self.name = collection.name
         self.handler = handler
         self.on_history_lost = on_history_lost
-        self.mode: WatchMode = mode
+        self.options = options or WatchOptions()
+        self.mode: WatchMode = self.options.mode
         self.breaker = breaker or CircuitBreaker()
         self.checkpoints = checkpoints
-        self.idle_interval = idle_interval
-        self.max_await_ms = max_await_ms
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.checkpoint_interval = checkpoint_interval
         self._clock = clock
         self._sleep = sleep
-        self._rng = rng or random.Random()
+        self._backoff = Backoff(initial=self.options.backoff_initial,
+                                maximum=self.options.backoff_max, rng=rng)
+        # The embedded server's extra checks (see streaming.nx); none on a replica set.
+        self._nx = (NxStreamChecks(clock=clock, stall_after=self.options.stall_after)
+                    if self.mode == "poll" else None)
         self.state = WatcherState.STOPPED
         self.token: Any = None
         self.reconnects = 0
         self.history_losses = 0
         self.errors = 0
         self.last_error: str | None = None
-        self.last_change_at: float | None = None
-        self.last_event_ms: int | None = None
+        self.last_event_ms: int | None = None  # epoch ms of the last change handed on
         self.last_batch = 0
+        self.cursor_ends = 0  # streams the server ended without an error (resumed)
+        self.foreign_changes = 0  # changes of another namespace (the stream is reopened)
         self._saved_token: Any = None
         self._saved_at = 0.0
         self._nudged = asyncio.Event()
-        # Nudges (our own writes) not yet followed by any change: a stream that stays
-        # silent through several of them for stall_after seconds is dead (seen on
-        # NX-27017 after a kill -9), and is reopened with a resync.
-        self._unanswered = 0
-        self._unanswered_since: float | None = None
-        self.stall_after = stall_after
-        self.stalls = 0
-        self.cursor_ends = 0  # streams the server ended without an error (resumed)
-        self.foreign_changes = 0  # changes of another namespace (the stream is reopened)
         full_name = getattr(collection, "full_name", None)
         self._db_name = full_name.split(".", 1)[0] if isinstance(full_name, str) else None
         self._watching = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._resumed_rowid: int | None = None
-        self._replayed = 0
-        self._first_rowid: int | None = None
         self._reset_reason: str | None = None
         self._lost_reason: str | None = None
+
+    @property
+    def stalls(self) -> int:
+        """Streams reopened because they stayed silent after our writes (poll mode)."""
+        return self._nx.stalls if self._nx is not None else 0
 
     def reset(self, reason: str) -> None:
         """Distrust the stream's history from here on (say, the server restarted and may have
@@ -224,9 +238,8 @@ class CollectionWatcher:
     def nudge(self) -> None:
         """Poll now (called right after this process writes)."""
         self._nudged.set()
-        if self._unanswered_since is None:
-            self._unanswered_since = self._clock()
-        self._unanswered += 1
+        if self._nx is not None:
+            self._nx.nudged()
 
     async def start(self, *, wait: bool = True, timeout: float = 15.0) -> None:
         """Start watching; with ``wait``, return once the stream is open."""
@@ -266,13 +279,12 @@ class CollectionWatcher:
 
     async def run(self) -> None:
         """The outer resume loop: open, consume, and on errors back off and reopen."""
-        attempt = 0
         while True:
             stream = None
             try:
                 self.state = WatcherState.CONNECTING
                 stream = await self.breaker.call(self._open)
-                attempt = 0
+                self._backoff.reset()
                 self.state = WatcherState.WATCHING
                 self._watching.set()
                 if self._lost_reason is not None:
@@ -290,13 +302,14 @@ class CollectionWatcher:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if not is_resumable(exc):
-                    logger.exception("unexpected error watching %s; reopening", self.name)
+                    # Resuming from the token would meet the same error again (a change the
+                    # handler cannot take, a token the server refuses): reopen from now.
+                    logger.exception("unexpected error watching %s; reopening from now",
+                                     self.name)
+                    self._lose_history(f"{type(exc).__name__}: {exc}")
                 self.state = WatcherState.BACKOFF
-                delay = min(self.backoff_max, self.backoff_initial * 2 ** attempt)
-                delay *= self._rng.uniform(0.5, 1.0)
-                attempt += 1
                 self.reconnects += 1
-                await self._sleep(delay)
+                await self._sleep(self._backoff.next_delay())
             finally:
                 if stream is not None:
                     with contextlib.suppress(Exception):
@@ -306,7 +319,8 @@ class CollectionWatcher:
         logger.warning("change history of %s lost (%s); subscribers resync", self.name, reason)
         self.history_losses += 1
         self.token = None
-        self._resumed_rowid = None
+        if self._nx is not None:
+            self._nx.forget_resume()
         if reopening:
             self._lost_reason = reason  # announced once the fresh stream is open
         else:
@@ -315,22 +329,11 @@ class CollectionWatcher:
     async def _open(self) -> Any:
         kwargs: dict[str, Any] = {"full_document": "updateLookup"}
         if self.mode == "await":
-            kwargs["max_await_time_ms"] = self.max_await_ms
+            kwargs["max_await_time_ms"] = self.options.max_await_ms
         token = self.token
-        self._resumed_rowid = None
+        if self._nx is not None:
+            await self._nx.check_resume(self.collection, token)
         if token is not None:
-            rowid = nx_rowid(token) if self.mode == "poll" else None
-            if rowid is not None:
-                # NX-27017 accepts any token silently; a token past the head means the
-                # database was reset under us.
-                head_stream = await self.collection.watch()
-                head = nx_rowid(head_stream.resume_token)
-                await head_stream.close()
-                if head is not None and rowid > head:
-                    raise HistoryLost(f"resume token {rowid} is past the head {head}")
-                self._resumed_rowid = rowid
-                self._replayed = 0
-                self._first_rowid = None
             kwargs["resume_after"] = token
         return await self.collection.watch(**kwargs)
 
@@ -351,16 +354,19 @@ class CollectionWatcher:
                     logger.info("change stream on %s ended by the server; resuming", self.name)
                     return
                 self.last_batch, batch = batch, 0
-                self._check_replay_complete()
-                self._check_progress(stream.resume_token)
+                if self._nx is not None:
+                    gap = self._nx.check_idle(self.token, stream.resume_token)
+                    if gap is not None:
+                        self._lose_history(gap, reopening=False)
                 self.token = stream.resume_token or self.token
                 await self._checkpoint()
                 if self.mode == "poll":
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._nudged.wait(), self.idle_interval)
+                        await asyncio.wait_for(self._nudged.wait(), self.options.idle_interval)
                 continue
             batch += 1
-            self._unanswered, self._unanswered_since = 0, None
+            if self._nx is not None:
+                self._nx.changed(change)
             self._check_namespace(change)
             op = change.get("operationType")
             if op in ("drop", "rename", "dropDatabase"):
@@ -368,11 +374,11 @@ class CollectionWatcher:
             if op == "invalidate":
                 self.token = None
                 return
-            self._track_replay(change)
-            self.handler(self.name, change)
+            at = self.handler(self.name, change)
+            if at is not None:
+                self.last_event_ms = at
             # The token moves only after the hand-off: delivery is at-least-once.
             self.token = change.get("_id", stream.resume_token)
-            self.last_change_at = self._clock()
             await self._checkpoint()
 
     def _check_namespace(self, change: Document) -> None:
@@ -394,60 +400,21 @@ class CollectionWatcher:
         raise HistoryLost(f"the stream on {self.name} delivered a change of {db}.{coll}; "
                           "its cursor belongs to another stream now")
 
-    def _check_progress(self, server_token: Any) -> None:
-        """Raise HistoryLost when the stream went backwards or stays silent after our writes."""
-        if self.mode != "poll":
-            return
-        ours, theirs = nx_rowid(self.token), nx_rowid(server_token)
-        if ours is not None and theirs is not None and theirs < ours:
-            raise HistoryLost(f"the server's change log went back from {ours} to {theirs}")
-        since = self._unanswered_since
-        if since is not None and self._unanswered >= 3 and self._clock() - since > self.stall_after:
-            self.stalls += 1
-            self._unanswered, self._unanswered_since = 0, None
-            raise HistoryLost(f"no change arrived for {self.stall_after:.0f} s after "
-                              "this process wrote; the stream is reopened")
-
-    def _track_replay(self, change: Document) -> None:
-        if self._resumed_rowid is None:
-            return
-        self._replayed += 1
-        if self._first_rowid is None:
-            self._first_rowid = nx_rowid(change.get("_id"))
-
-    def _check_replay_complete(self) -> None:
-        """After a resume on NX-27017: were rows pruned between our token and the replay?"""
-        if self._resumed_rowid is None:
-            return
-        resumed, first, replayed = self._resumed_rowid, self._first_rowid, self._replayed
-        self._resumed_rowid = None
-        # NX prunes down to the newest NX_RETENTION_ROWS rows of a collection, so a
-        # replay that short cannot have lost anything; one that long after a hole may have.
-        if first is not None and first > resumed + 1 and replayed >= NX_RETENTION_ROWS:
-            self._lose_history(f"replayed {replayed} changes after a gap from {resumed} to "
-                               f"{first}; older ones may have been pruned", reopening=False)
-
     async def _checkpoint(self, *, force: bool = False) -> None:
         if self.checkpoints is None or self.token is None or self.token == self._saved_token:
             return
         now = self._clock()
-        if not force and now - self._saved_at < self.checkpoint_interval:
+        if not force and now - self._saved_at < self.options.checkpoint_interval:
             return
         token = self.token
         await self.checkpoints.save(self.name, token)
         self._saved_token, self._saved_at = token, now
 
-    def mark_event_time(self, at_ms: int) -> None:
-        """Record the time of the change just handled (for lag)."""
-        self.last_event_ms = at_ms
-
-    def snapshot(self) -> dict[str, Any]:
+    def stats(self) -> WatcherStats:
         """State, reconnects, history losses, lag and the size of the last batch."""
-        return {"state": self.state.value, "reconnects": self.reconnects,
-                "history_losses": self.history_losses, "errors": self.errors,
-                "stalls": self.stalls,
-                "cursor_ends": self.cursor_ends,
-                "foreign_changes": self.foreign_changes,
-                "last_error": self.last_error, "lag_ms": self.lag_ms(),
-                "last_change_at": self.last_event_ms,
-                "last_batch": self.last_batch, "mode": self.mode}
+        return WatcherStats(
+            state=self.state.value, mode=self.mode, reconnects=self.reconnects,
+            history_losses=self.history_losses, errors=self.errors, stalls=self.stalls,
+            cursor_ends=self.cursor_ends, foreign_changes=self.foreign_changes,
+            last_error=self.last_error, lag_ms=self.lag_ms(), last_change_at=self.last_event_ms,
+            last_batch=self.last_batch)

@@ -28,7 +28,7 @@ def start_nx(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     """Start NX-27017 the way the launcher does and wait for ``ping``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.nxserver", "--data-dir", str(data_dir), "--port",
+        [sys.executable, "-m", "backend.infra.nxserver", "--data-dir", str(data_dir), "--port",
          str(port), "--log-file", str(data_dir / "nx.log"), "--pid-file",
          str(data_dir / "nx.pid")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,

@@ -13,7 +13,7 @@ import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from backend.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD
+from backend.infra.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD
 from tests.support.clients import Clients, harness
 from tests.support.views import apply_changes
 

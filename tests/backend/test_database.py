@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.database import DatabaseError, open_database
-from backend.settings import Settings
+from backend.infra.database import DatabaseError, open_database
+from backend.infra.settings import Settings
 from tests.support.fake_mongod import FakeStandalone
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pymongo import AsyncMongoClient
 
-from backend.embedded import EmbeddedError, EmbeddedServer, EmbeddedState
+from backend.infra.embedded import EmbeddedError, EmbeddedServer, EmbeddedState
 from tests.support.procs import alive
 
 pytestmark = pytest.mark.timeout(60)

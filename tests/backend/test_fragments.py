@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from backend.analytics import trend
-from backend.auth import User
-from backend.fragments import Fragments, dom_id, money, stock_level
-from backend.live import RenderCache
-from backend.pages import make_templates
-from backend.views import AdminView, PortalView, status_filter
+from backend.domain.analytics import trend
+from backend.domain.users import User
+from backend.web.live.renders import RenderCache
+from backend.web.pages.fragments import Fragments, dom_id, money, stock_level
+from backend.web.pages.templates import make_templates
+from backend.web.pages.views import AdminView, PortalView, status_filter
 from streaming import ChangeEvent, Delivery, DocumentCache
 from streaming.events import diff
 

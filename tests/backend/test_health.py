@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.app import create_app
-from backend.database import open_database
-from backend.settings import Settings
+from backend.infra.database import open_database
+from backend.infra.settings import Settings
+from backend.web.app import create_app
 from tests.conftest import free_port, start_nx
 from tests.support.server import running
 

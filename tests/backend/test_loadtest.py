@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend import loadtest
-from backend.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD
+from backend.infra.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD
+from loadtest import runner as loadtest
+from loadtest.scenarios import scenario_with
 from tests.conftest import ROOT, free_port
 from tests.support.server import serve_site
 
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 async def run(base: str, tmp_path: Path, name: str, **overrides: float) -> dict:  # type: ignore[type-arg]
-    scenario = loadtest.scenario_with(name, duration=overrides.get("duration", 3),
+    scenario = scenario_with(name, duration=overrides.get("duration", 3),
                                       rps=overrides.get("rps", 20),
                                       clients=int(overrides.get("clients", 5)))
     return await loadtest.run(base, scenario, report_path=tmp_path / f"{name}.json",

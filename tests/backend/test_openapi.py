@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.app import create_app
-from backend.settings import DEFAULT_ADMIN_PASSWORD, Settings
+from backend.infra.settings import DEFAULT_ADMIN_PASSWORD, Settings
+from backend.web.app import create_app
 from tests.support.server import running
 
 pytestmark = pytest.mark.timeout(300)

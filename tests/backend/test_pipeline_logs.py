@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from backend.logs import JsonFormatter
-from backend.orders import create_order
+from backend.infra.logs import JsonFormatter
 from backend.pipeline import PaymentGateway, Pipeline
 from streaming import ChangeEngine
 from tests.integration.test_pipeline import settled, setup
+from tests.support.orders import placed
 
 
 @pytest.mark.timeout(60)
@@ -37,7 +37,7 @@ async def test_pipeline_logs_are_json_with_the_correlation_id(
                                                            rng=random.Random(2)))
     try:
         await pipeline.start()
-        order = await create_order(db, engine, user_id="c01", items=[("P", 2)],
+        order = await placed(db, engine, user_id="c01", items=[("P", 2)],
                                    correlation="trace-77", actor="customer")
         await settled(db, 1)
     finally:

@@ -13,8 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from backend.app import create_app
-from backend.settings import DEFAULT_DEMO_PASSWORD, Settings
+from backend.infra.settings import DEFAULT_DEMO_PASSWORD, Settings
+from backend.web.app import create_app
 from tests.support.server import running
 
 pytestmark = pytest.mark.timeout(120)

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from backend.passwords import verify_password
-from seed.data import LOW_STOCK_THRESHOLD, STATUS_PATHS, generate, iso
+from backend.domain.clock import iso
+from backend.domain.passwords import verify_password
+from seed.data import LOW_STOCK_THRESHOLD, STATUS_PATHS, generate
 from seed.loader import seed_database
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

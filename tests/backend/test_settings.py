@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.settings import DEFAULT_ADMIN_PASSWORD, Settings, SettingsError
+from backend.infra.settings import DEFAULT_ADMIN_PASSWORD, Settings, SettingsError
 
 
 def env(tmp_path: Path, **values: str) -> dict[str, str]:

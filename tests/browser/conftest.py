@@ -6,13 +6,14 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend.web.state import STATE_KEY, AppState
 from tests.support.server import serve_site
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,7 +36,7 @@ class Site:
     contexts: list[BrowserContext] = field(default_factory=list)
 
     def live_connections(self, view: str, email: str) -> list[Any]:
-        return [c for c in self.front.state["connections"]
+        return [c for c in self.front.app_state.connections
                 if getattr(c, "view", None) is not None and c.view.name == view
                 and c.view.user.email == email]
 
@@ -52,6 +53,11 @@ class Front:
         self.refused = 0
         self._open: set[object] = set()
         self._muted: set[object] = set()
+
+    @property
+    def app_state(self) -> AppState:
+        """The app's shared state, as its lifespan built it."""
+        return cast(AppState, self.state[STATE_KEY])
 
     def mute_live(self) -> int:
         """From now on nothing the server sends on the pages' open sockets arrives (the

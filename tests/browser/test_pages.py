@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, expect
 
-from backend.fragments import dom_id
+from backend.web.pages.fragments import dom_id
 from tests.browser.conftest import ADMIN, DESKTOP, PHONE, Site, open_page, same_document
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120),
@@ -214,7 +214,7 @@ async def test_dropped_socket_shows_reconnecting_then_catches_up_on_missed_chang
             await connection.websocket.close(code=1012, reason="test: server restart")
         await expect(customer.locator("#conn")).to_have_attribute("data-state", "reconnecting")
         await site.db.products.update_one({"_id": product["_id"]}, {"$set": {"stock": 7}})
-        site.front.state["engine"].nudge("products")
+        site.front.app_state.engine.nudge("products")
         async with asyncio.timeout(5):  # the page retried (and was refused) meanwhile
             while site.front.refused < 1:
                 await asyncio.sleep(0.02)
@@ -241,7 +241,7 @@ async def test_a_socket_that_goes_silent_is_dropped_and_the_page_catches_up(
             .observe(conn, {attributes: true, attributeFilter: ['data-state']}) }""")
     assert site.front.mute_live() >= 1  # the network dies; neither end notices
     await site.db.products.update_one({"_id": product["_id"]}, {"$set": {"stock": 6}})
-    site.front.state["engine"].nudge("products")
+    site.front.app_state.engine.nudge("products")
     # Three heartbeats (1 s here) without a word: the page gives up on that socket, and its
     # next one resumes from the last seq it applied.
     await expect(card.locator(".stock-count")).to_have_text("6", timeout=6_000)

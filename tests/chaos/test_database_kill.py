@@ -31,7 +31,7 @@ def nx_child(app: AppProcess) -> tuple[int, int]:
     assert app.proc is not None
     for pid in children_of(app.proc.pid):
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"backend.nxserver" in args:
+        if b"backend.infra.nxserver" in args:
             return pid, int(args[args.index(b"--port") + 1])
     raise AssertionError("no embedded database process")
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from backend.app import create_app
-from backend.database import open_database
-from backend.settings import DEFAULT_ADMIN_PASSWORD, Settings
+from backend.infra.database import open_database
+from backend.infra.settings import DEFAULT_ADMIN_PASSWORD, Settings
+from backend.web.app import create_app
 from tests.conftest import free_port, start_nx
 from tests.support.server import running
 

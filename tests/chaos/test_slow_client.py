@@ -15,8 +15,8 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from backend.loadtest import percentile, stock_key
-from backend.settings import DEFAULT_ADMIN_PASSWORD
+from backend.infra.settings import DEFAULT_ADMIN_PASSWORD
+from loadtest.runner import percentile, stock_key
 from tests.support.server import serve_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from backend.orders import create_order, transition
+from backend.domain.orders import transition
 from tests.integration.test_pipeline import settled, setup, start_instance
+from tests.support.orders import placed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -35,7 +36,7 @@ async def test_a_cancelled_paid_order_is_refunded_once_with_two_instances(
                  for n, client in enumerate(clients)]
     engine = instances[0][0]
     try:
-        order = await create_order(db, engine, user_id="c01", items=[("A", 2)],
+        order = await placed(db, engine, user_id="c01", items=[("A", 2)],
                                    correlation="refund-me", actor="customer")
         [paid] = await settled(db, 1)
         assert paid["status"] == "processing" and paid["payment"]["status"] == "captured"
@@ -77,7 +78,7 @@ async def test_a_refund_left_by_a_dead_instance_is_finished_and_unpaid_orders_ge
     try:
         done = await refunded(db, "ORD-ORPHAN")
         await pipeline.stop()  # so that the next order stays unpaid
-        fresh = await create_order(db, engine, user_id="c02", items=[("A", 1)],
+        fresh = await placed(db, engine, user_id="c02", items=[("A", 1)],
                                    correlation="unpaid", actor="customer")
         cancelled = await transition(db, engine, fresh["_id"], "cancelled", actor="customer")
     finally:

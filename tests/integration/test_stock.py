@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from backend import stock
-from backend.orders import apply_transition, create_order, transition
+from backend.domain import stock
+from backend.domain.clock import now_iso
+from backend.domain.orders import apply_transition, transition
 from backend.pipeline import PaymentGateway, Pipeline
 from streaming import ChangeEngine
 from tests.integration.test_pipeline import settled, setup
 from tests.support.ledger import shelf, sold
+from tests.support.orders import placed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -33,7 +35,7 @@ async def units(db: Db) -> dict[str, tuple[int, list[str]]]:
 
 
 async def order_for(db: Db, engine: ChangeEngine, items: list[tuple[str, int]]) -> dict[str, Any]:
-    return await create_order(db, engine, user_id="c01", items=items, correlation="k",
+    return await placed(db, engine, user_id="c01", items=items, correlation="k",
                               actor="customer")
 
 
@@ -132,8 +134,8 @@ async def test_a_cancelled_order_gets_its_units_back_once_whatever_dies_when(
     # 3: cancelled through the API, to the end.
     third = await transition(db, engine, orders[2]["_id"], "cancelled", actor="admin")
     assert third["restock"] == "due"  # as written; done right after
-    swept = await stock.sweep(db, engine, stale_before=stock.now_iso())
-    await stock.sweep(db, engine, stale_before=stock.now_iso())
+    swept = await stock.sweep(db, engine, stale_before=now_iso())
+    await stock.sweep(db, engine, stale_before=now_iso())
     restocks = {o["_id"]: o.get("restock") for o in await db.orders.find({}).to_list()}
     assert swept["restocked"] == 2 + 1  # order 1: A and B; order 2: only B was left
     assert await units(db) == {"A": (10, []), "B": (10, [])}
@@ -153,10 +155,10 @@ async def test_payment_failures_restock_once_and_reserved_stock_is_conserved(
         try:
             for n in range(60):
                 items = [(p, rng.randint(1, 4)) for p in rng.sample(sorted(initial), 2)]
-                await create_order(db, engine, user_id=f"c{n % 20:02d}", items=items,
+                await placed(db, engine, user_id=f"c{n % 20:02d}", items=items,
                                    correlation=f"k{n}", actor="customer")
             orders = await settled(db, 60)
-            await stock.sweep(db, engine, stale_before=stock.now_iso())
+            await stock.sweep(db, engine, stale_before=now_iso())
         finally:
             await pipeline.stop()
     assert {o["status"] for o in orders} == {"processing", "payment_failed"}
@@ -183,5 +185,5 @@ async def test_a_restock_that_read_due_late_adds_nothing_after_another_finished(
     assert (await units(db))["A"] == (10, [f"{order['_id']}:back"])
     # The mark goes only once the restock is done and older than the reconcile timeout.
     assert (await stock.sweep(db, engine, stale_before=LONG_AGO))["cleared"] == 0
-    assert (await stock.sweep(db, engine, stale_before=stock.now_iso()))["cleared"] == 1
+    assert (await stock.sweep(db, engine, stale_before=now_iso()))["cleared"] == 1
     assert (await units(db))["A"] == (10, [])

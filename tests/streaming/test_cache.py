@@ -6,11 +6,6 @@ from typing import Any
 import pytest
 
 from streaming.cache import ABSENT, DocumentCache
-from streaming.events import ChangeEvent
-
-
-def event(op: str, key: Any, doc: dict[str, Any] | None) -> ChangeEvent:
-    return ChangeEvent(1, op, "products", key, doc, None, None, 0)  # type: ignore[arg-type]
 
 
 async def test_cache_read_through_counts_hits_and_misses() -> None:
@@ -24,23 +19,23 @@ async def test_cache_read_through_counts_hits_and_misses() -> None:
     assert await cache.get("products", "a") == {"_id": "a", "stock": 5}
     assert await cache.get("products", "a") == {"_id": "a", "stock": 5}
     assert loads == ["a"]
-    assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
-    assert cache.stats()["hit_ratio"] == 0.5
+    assert cache.stats().hits == 1 and cache.stats().misses == 1
+    assert cache.stats().hit_ratio == 0.5
 
 
 async def test_cache_stream_changes_overwrite_and_delete_evicts() -> None:
     cache = DocumentCache(maxsize=10)
-    cache.apply(event("insert", "a", {"_id": "a", "stock": 1}))
-    cache.apply(event("update", "a", {"_id": "a", "stock": 2}))
+    cache.store("products", "a", {"_id": "a", "stock": 1})
+    cache.store("products", "a", {"_id": "a", "stock": 2})
     assert await cache.get("products", "a") == {"_id": "a", "stock": 2}
-    cache.apply(event("delete", "a", None))
+    cache.store("products", "a", None)
     assert await cache.get("products", "a") is None
 
 
 async def test_cache_lru_evicts_least_recently_used() -> None:
     cache = DocumentCache(maxsize=2)
     for key in "abc":
-        cache.apply(event("insert", key, {"_id": key}))
+        cache.store("products", key, {"_id": key})
     assert cache.evictions == 1
     assert cache.stream_version("products", "a") is ABSENT
     assert cache.stream_version("products", "c") == {"_id": "c"}
@@ -57,7 +52,7 @@ async def test_cache_load_racing_a_change_never_stores_the_older_version() -> No
     cache = DocumentCache(maxsize=10, loader=slow_loader)
     reader = asyncio.create_task(cache.get("products", "a"))
     await started.wait()
-    cache.apply(event("update", "a", {"_id": "a", "stock": 2}))
+    cache.store("products", "a", {"_id": "a", "stock": 2})
     release.set()
     assert await reader == {"_id": "a", "stock": 2}
     assert await cache.get("products", "a") == {"_id": "a", "stock": 2}
@@ -85,8 +80,8 @@ async def test_cache_peek_never_loads_nor_counts() -> None:
 
     cache = DocumentCache(maxsize=10, loader=loader)
     assert cache.peek("users", "u1") is None
-    cache.apply(event("insert", "u1", {"_id": "u1", "name": "Ada"}))
+    cache.store("products", "u1", {"_id": "u1", "name": "Ada"})
     assert cache.peek("products", "u1") == {"_id": "u1", "name": "Ada"}
-    cache.apply(event("delete", "u1", None))
+    cache.store("products", "u1", None)
     assert cache.peek("products", "u1") is None
-    assert cache.stats()["hits"] == 0 and cache.stats()["misses"] == 0
+    assert cache.stats().hits == 0 and cache.stats().misses == 0

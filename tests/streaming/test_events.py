@@ -4,7 +4,15 @@ import datetime as dt
 
 from bson import Binary, ObjectId
 
-from streaming.events import Changes, changes_from_description, decode, diff, epoch_ms, full_set
+from streaming.events import (
+    Changes,
+    changes_from_description,
+    decode,
+    diff,
+    epoch_ms,
+    full_set,
+    normalize,
+)
 
 
 def test_decode_unwraps_nx_dates_object_ids_and_binary_deeply() -> None:
@@ -47,8 +55,8 @@ def test_diff_replaces_a_subdocument_emptied_or_turned_scalar() -> None:
 
 def test_changes_from_update_description() -> None:
     changes = changes_from_description(
-        {"updatedFields": {"status": "paid", "payment.state": "ok"}, "removedFields": ["tmp"]}
-    )
+        {"updatedFields": {"status": "paid", "payment.state": "ok"}, "removedFields": ["tmp"]},
+        {"_id": 1, "status": "paid", "payment": {"state": "ok"}})
     assert changes == Changes({"status": "paid", "payment.state": "ok"}, ("tmp",))
     assert changes.as_dict() == {"set": {"status": "paid", "payment.state": "ok"},
                                  "unset": ["tmp"]}
@@ -58,3 +66,27 @@ def test_full_set_and_epoch_ms() -> None:
     assert full_set({"_id": 1, "a": 2}).set == {"a": 2}
     assert epoch_ms(dt.datetime(1970, 1, 1, 0, 0, 1)) == 1000
     assert epoch_ms("not a date") is None
+
+
+def test_changes_from_update_description_sends_a_truncated_array_whole() -> None:
+    # A replica set reports `$pop`/`$pull`-style shrinking as truncatedArrays without the
+    # new value; dropping it (as before) left a subscriber with the old, longer array.
+    doc = {"_id": "o1", "history": [{"status": "pending"}], "tags": ["a", "b"]}
+    changes = changes_from_description(
+        {"updatedFields": {"history.0.at": "t1", "tags.1": "b"}, "removedFields": [],
+         "truncatedArrays": [{"field": "history", "newSize": 1}]}, doc)
+    assert changes.set == {"history": [{"status": "pending"}], "tags.1": "b"}
+
+
+def test_normalize_diffs_against_the_previous_version_and_hides_fields() -> None:
+    raw = {"_id": {"_data": "T1"}, "operationType": "update", "documentKey": {"_id": "p1"},
+           "fullDocument": {"_id": "p1", "stock": 4, "holds": ["o1"]}, "updateDescription": None}
+    previous = {"_id": "p1", "stock": 5}
+    change = normalize(raw, previous=lambda key: previous, hidden=frozenset({"holds"}))
+    assert change is not None and not change.empty
+    assert change.doc == {"_id": "p1", "stock": 4}
+    assert change.before == previous and change.changes == Changes({"stock": 4}, ())
+    hidden_only = {**raw, "fullDocument": {"_id": "p1", "stock": 5, "holds": ["o2"]}}
+    quiet = normalize(hidden_only, previous=lambda key: previous, hidden=frozenset({"holds"}))
+    assert quiet is not None and quiet.empty
+    assert normalize({"operationType": "invalidate"}, previous=lambda key: None) is None

@@ -8,7 +8,7 @@ import pytest
 from pymongo.errors import AutoReconnect, OperationFailure, ServerSelectionTimeoutError
 
 from streaming.breaker import BreakerState, CircuitBreaker
-from streaming.watcher import CollectionWatcher, MemoryCheckpoints, WatcherState
+from streaming.watcher import CollectionWatcher, MemoryCheckpoints, WatcherState, WatchOptions
 from tests.streaming.fakes import ENDED, FakeCollection, change
 
 pytestmark = pytest.mark.timeout(10)
@@ -28,14 +28,17 @@ class Harness:
             self.delays.append(delay)
             await asyncio.sleep(0)
 
+        runtime = {k: kwargs.pop(k) for k in ("breaker", "clock") if k in kwargs}
+        options = WatchOptions(mode=mode, checkpoint_interval=0, **kwargs)  # type: ignore[arg-type]
         self.watcher = CollectionWatcher(
-            collection, handler=self.handle, on_history_lost=self.on_lost, mode=mode,  # type: ignore[arg-type]
-            checkpoints=self.checkpoints, sleep=sleep, rng=random.Random(1),
-            checkpoint_interval=0, **kwargs)
+            collection, handler=self.handle, on_history_lost=self.on_lost,  # type: ignore[arg-type]
+            options=options, checkpoints=self.checkpoints, sleep=sleep, rng=random.Random(1),
+            **runtime)
 
-    def handle(self, name: str, raw: dict[str, Any]) -> None:
+    def handle(self, name: str, raw: dict[str, Any]) -> int | None:
         self.seen.append(raw)
         self.check()
+        return None
 
     def on_lost(self, name: str, reason: str) -> None:
         self.lost.append(reason)
@@ -235,3 +238,16 @@ async def test_watcher_reset_reopens_from_now_then_announces_the_loss() -> None:
     reopened = [c for c in coll.calls if c][-1]
     assert "resume_after" not in reopened  # from now, not from the distrusted token
     assert [c["_id"] for c in h.seen] == [{"_data": "nx:1"}, {"_data": "nx:2"}]
+
+
+async def test_watcher_a_non_resumable_error_reopens_from_now_with_a_resync() -> None:
+    # Resuming from the token would meet the same error again (a change nobody can take,
+    # a token the server refuses): the watcher drops the token and subscribers resync.
+    coll = FakeCollection("orders", [[change(1), OperationFailure("unauthorized", code=13)],
+                                     [change(2)]])
+    h = Harness(coll, expect=3)
+    await h.run()
+    assert [c["documentKey"]["_id"] for c in h.seen] == ["k1", "k2"]
+    assert len(h.lost) == 1 and "unauthorized" in h.lost[0]
+    assert "resume_after" not in coll.calls[1]
+    assert h.watcher.errors == 1

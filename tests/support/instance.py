@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from backend.settings import DEFAULT_ADMIN_PASSWORD
+from backend.infra.settings import DEFAULT_ADMIN_PASSWORD
 from tests.conftest import ROOT, free_port
 from tests.support.procs import kill_quietly, wait_until
 

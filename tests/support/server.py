@@ -13,8 +13,8 @@ import uvicorn
 from pymongo import AsyncMongoClient
 from starlette.types import ASGIApp
 
-from backend.app import create_app
-from backend.settings import Settings
+from backend.infra.settings import Settings
+from backend.web.app import create_app
 from tests.conftest import free_port
 
 

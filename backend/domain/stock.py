@@ -1,0 +1,212 @@
+"""Every stock movement, exactly once across crashes, without transactions.
+
+An order's units move between two documents (the product and the order) that
+cannot be updated together. So each move leaves a marker in the product's
+hidden ``holds`` list, written in the same single-document update as the
+``$inc``, and the order document says what the marker means:
+
+- ``take``: ``stock -= q`` and ``holds += [order_id]``, only while the marker
+  is absent. A reservation that is re-driven after a crash finds its marker
+  and does not take twice.
+- ``give back`` (the order was never reserved: rejected, or cancelled while
+  pending): ``stock += q`` and the marker goes, only while it is there.
+- ``commit`` (the order reached ``reserved``): the marker goes, the units stay
+  sold.
+- ``restock`` (a reserved order failed payment or was cancelled): the order
+  gets ``restock: "due"`` in its transition; each product gets
+  ``stock += q`` with the marker ``<order_id>:back``, only while absent; the
+  order then says ``restock: "done"``, and the sweep drops the markers once
+  that is older than the reconcile timeout.
+
+Whatever dies in between, :func:`sweep` finishes it from the order's state:
+markers only exist for moves in flight or just finished, so the list stays
+short. Like the pipeline's claims, this assumes no worker stalls for longer
+than the reconcile timeout in the middle of a move. The
+engine hides ``holds`` (other customers' order ids) from every cache, event
+and API answer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from backend.domain.clock import now_iso
+from backend.domain.errors import Conflict, Invalid, NotFound
+from streaming import ChangeEngine, Document
+
+logger = logging.getLogger("changecast.stock")
+HOLDS = "holds"
+HIDDEN = {"products": (HOLDS,)}
+# What this module's writes hand back leaves the markers out (readers use the engine's
+# hidden_projection).
+NO_HOLDS = {HOLDS: 0}
+# How long a write waits to see itself on the change stream (well inside the API's
+# 0.8 s cap: the write has happened either way).
+SETTLE_S = 0.25
+
+
+def _back(order_id: str) -> str:
+    return f"{order_id}:back"
+
+
+async def take(db: AsyncDatabase[Document], order_id: str, item: Document) -> str | None:
+    """Take ``item``'s units for the order; None when taken (now or by an earlier attempt),
+    else why not: ``out of stock: P`` or ``unknown product: P``."""
+    product_id, quantity = item["product_id"], int(item["quantity"])
+    taken = await db.products.find_one_and_update(
+        {"_id": product_id, "stock": {"$gte": quantity}, HOLDS: {"$nin": [order_id]}},
+        {"$inc": {"stock": -quantity}, "$push": {HOLDS: order_id},
+         "$set": {"updated_at": now_iso()}},
+        projection={"_id": 1})
+    if taken is not None:
+        return None
+    product = await db.products.find_one({"_id": product_id}, {HOLDS: 1})
+    if product is None:
+        return f"unknown product: {product_id}"
+    if order_id in (product.get(HOLDS) or ()):
+        return None  # an earlier attempt took it and died before the order moved on
+    return f"out of stock: {product_id}"
+
+
+async def give_back(db: AsyncDatabase[Document], order_id: str, items: list[Document]) -> int:
+    """Undo the takes of an order that was never reserved; returns how many moved."""
+    moved = 0
+    for item in items:
+        result = await db.products.update_one(
+            {"_id": item["product_id"], HOLDS: order_id},
+            {"$inc": {"stock": int(item["quantity"])}, "$pull": {HOLDS: order_id},
+             "$set": {"updated_at": now_iso()}})
+        moved += result.modified_count
+    return moved
+
+
+async def commit(db: AsyncDatabase[Document], order_id: str, items: list[Document]) -> None:
+    """The order is reserved: its takes are final (an invisible change: no event)."""
+    for item in items:
+        await db.products.update_one({"_id": item["product_id"], HOLDS: order_id},
+                                     {"$pull": {HOLDS: order_id}})
+
+
+async def settle_takes(db: AsyncDatabase[Document], order_id: str, items: list[Document], *,
+                       order: Document | None = None) -> str:
+    """Commit or give back an order's takes, as its state says; returns what it did.
+
+    ``order``: the order as just written by the caller, else it is read. A pending order's
+    takes belong to whoever drives it and are left alone.
+    """
+    if order is None:
+        order = await db.orders.find_one({"_id": order_id}, {"status": 1, "history": 1})
+    if order is not None and order["status"] == "pending":
+        return "left"
+    if order is not None and any(h["status"] == "reserved" for h in order["history"]):
+        await commit(db, order_id, items)
+        return "committed"
+    await give_back(db, order_id, items)
+    return "given_back"
+
+
+async def restock(db: AsyncDatabase[Document], engine: ChangeEngine, order: Document, *,
+                  wait: bool = False) -> int:
+    """Return the units of a reserved order that failed or was cancelled, exactly once.
+
+    The order must carry ``restock: "due"`` (set by its transition). Returns how many
+    products got units back in this call (0 when an earlier call already did it).
+    ``wait``: until the engine has seen each product change (read-your-writes for an API
+    caller).
+    """
+    order_id, back = str(order["_id"]), _back(str(order["_id"]))
+    moved = 0
+    for item in order["items"]:
+        product = await db.products.find_one_and_update(
+            {"_id": item["product_id"], HOLDS: {"$nin": [back]}},
+            {"$inc": {"stock": int(item["quantity"])}, "$push": {HOLDS: back},
+             "$set": {"updated_at": now_iso()}},
+            projection=NO_HOLDS, return_document=ReturnDocument.AFTER)
+        if product is None:
+            continue
+        moved += 1
+        if wait:
+            await engine.settle("products", product["_id"], product, timeout=SETTLE_S)
+        else:
+            engine.nudge("products")
+    await db.orders.update_one({"_id": order_id, "restock": "due"},
+                               {"$set": {"restock": "done"}})
+    # The marks stay until the sweep finds the restock done and old: a second call that
+    # read "due" just before this one finished must still find them.
+    return moved
+
+
+async def sweep(db: AsyncDatabase[Document], engine: ChangeEngine, *, stale_before: str) -> dict[str, int]:
+    """Finish every stock move a crash left half-done; safe to run anywhere, any time.
+
+    ``stale_before``: restocks still ``due`` from before this ISO time are re-run, and
+    the marks of restocks done before it are dropped (younger ones may still be in
+    progress elsewhere).
+    """
+    done = {"committed": 0, "given_back": 0, "restocked": 0, "cleared": 0}
+    for due in await db.orders.find({"restock": "due", "updated_at": {"$lte": stale_before}},
+                                    {"items": 1}).to_list():
+        done["restocked"] += await restock(db, engine, due)
+    products = await db.products.find({}, {HOLDS: 1}).to_list()
+    markers = {(str(p["_id"]), m) for p in products for m in p.get(HOLDS) or ()}
+    if not markers:
+        return done
+    order_ids = sorted({m.removesuffix(":back") for _, m in markers})
+    orders = {o["_id"]: o for o in await db.orders.find(
+        {"_id": {"$in": order_ids}},
+        {"status": 1, "history": 1, "items": 1, "restock": 1, "updated_at": 1}
+    ).to_list()}
+    for product_id, marker in sorted(markers):
+        order_id = marker.removesuffix(":back")
+        order = orders.get(order_id)
+        if marker != order_id:  # a restock's marker: dropped once done for a while
+            if order is None or (order.get("restock") != "due"
+                                 and str(order.get("updated_at", "")) <= stale_before):
+                await db.products.update_one({"_id": product_id}, {"$pull": {HOLDS: marker}})
+                done["cleared"] += 1
+            continue
+        lines = [i for i in (order or {}).get("items", []) if i["product_id"] == product_id]
+        if order is None or not lines:
+            # No order knows these units any more: the marker alone cannot say how many.
+            logger.warning("stock marker of unknown order %s on %s dropped", order_id,
+                           product_id)
+            await db.products.update_one({"_id": product_id}, {"$pull": {HOLDS: marker}})
+            continue
+        outcome = await settle_takes(db, order_id, lines, order=order)
+        if outcome != "left":
+            done[outcome] += 1
+    if done["given_back"]:  # (restock nudges by itself)
+        engine.nudge("products")
+    if any(done.values()):
+        logger.info("stock sweep: %s", done)
+    return done
+
+
+async def change_stock(db: AsyncDatabase[Document], engine: ChangeEngine, product_id: str, *,
+                       stock: int | None = None, delta: int | None = None) -> Document:
+    """Set or shift a product's stock atomically; never below 0 (409)."""
+    if (stock is None) == (delta is None):
+        raise Invalid('send exactly one of "stock" or "delta"')
+    at = now_iso()
+    if stock is not None:
+        if stock < 0:
+            raise Conflict(f"stock cannot go below 0, got {stock}")
+        updated = await db.products.find_one_and_update(
+            {"_id": product_id}, {"$set": {"stock": stock, "updated_at": at}},
+            projection=NO_HOLDS, return_document=ReturnDocument.AFTER)
+    elif delta is not None:
+        updated = await db.products.find_one_and_update(
+            {"_id": product_id, "stock": {"$gte": max(0, -delta)}},
+            {"$inc": {"stock": delta}, "$set": {"updated_at": at}},
+            projection=NO_HOLDS, return_document=ReturnDocument.AFTER)
+    if updated is None:
+        product = await db.products.find_one({"_id": product_id}, {"stock": 1})
+        if product is None:
+            raise NotFound(f"no product {product_id!r}")
+        raise Conflict(f"stock of {product_id} is {product['stock']}; a change of {delta} "
+                            "would take it below 0")
+    await engine.settle("products", product_id, updated, timeout=SETTLE_S)
+    return updated

@@ -1,0 +1,156 @@
+"""Connecting to MongoDB (or the embedded server), telling what it is, bootstrapping it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from backend.infra.embedded import EmbeddedError, EmbeddedServer
+from backend.infra.settings import Settings
+from streaming import Document
+
+logger = logging.getLogger("changecast.database")
+
+BackendKind = Literal["replicaset", "sharded", "embedded", "standalone"]
+
+# Each watched collection holds one change stream; keep pool headroom above them.
+POOL_SIZE = 64
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used; the message says why and what to do."""
+
+
+@dataclass(slots=True)
+class Database:
+    """The client, the application database and facts about the server."""
+
+    client: AsyncMongoClient[Document]
+    db: AsyncDatabase[Document]
+    kind: BackendKind
+    instance_id: str
+    embedded: EmbeddedServer | None = None
+
+    async def ping(self, timeout: float = 1.0) -> bool:
+        """True when the server answers ``ping`` within ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self.client.admin.command("ping"), timeout)
+        except (TimeoutError, PyMongoError):
+            return False
+        return True
+
+
+def hosts_of(uri: str) -> str:
+    """The host list of a connection string, without credentials."""
+    rest = uri.split("://", 1)[-1]
+    rest = rest.rsplit("@", 1)[-1]
+    for stop in "/?":
+        rest = rest.split(stop, 1)[0]
+    return rest or uri
+
+
+def make_client(uri: str, *, selection_timeout_ms: int = 5_000) -> AsyncMongoClient[Document]:
+    """An async client with ChangeCast's pool and retry settings."""
+    return AsyncMongoClient(
+        uri,
+        maxPoolSize=POOL_SIZE,
+        retryWrites=True,
+        retryReads=True,
+        tz_aware=True,
+        serverSelectionTimeoutMS=selection_timeout_ms,
+        connectTimeoutMS=2_000,
+        appname="changecast",
+    )
+
+
+async def detect_kind(client: AsyncMongoClient[Document]) -> BackendKind:
+    """Tell a replica set, a sharded cluster, the embedded server and a standalone apart."""
+    hello = await client.admin.command("hello")
+    if hello.get("setName"):
+        return "replicaset"
+    if hello.get("msg") == "isdbgrid":
+        return "sharded"
+    build = await client.admin.command("buildInfo")
+    if build.get("process") == "nx_27017":
+        return "embedded"
+    return "standalone"
+
+
+async def ensure_indexes(db: AsyncDatabase[Document]) -> None:
+    """Create the indexes the API and the pipeline query by."""
+    await db.users.create_index("email", unique=True)
+    await db.orders.create_index([("user_id", ASCENDING), ("created_at", DESCENDING)])
+    await db.orders.create_index("status")
+    await db.notifications.create_index([("user_id", ASCENDING), ("created_at", DESCENDING)])
+    await db.audit.create_index("correlation_id")
+    await db.products.create_index("category")
+
+
+async def ensure_instance_id(db: AsyncDatabase[Document]) -> str:
+    """An id for this database instance; a recreated database gets a new one."""
+    candidate = uuid.uuid4().hex
+    with contextlib.suppress(DuplicateKeyError):
+        await db.meta.insert_one({"_id": "instance", "id": candidate})
+    doc = await db.meta.find_one({"_id": "instance"})
+    if doc is None:
+        raise DatabaseError("the database lost its instance marker right after writing it")
+    return str(doc["id"])
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).split(", full error:", 1)[0].splitlines()[0]
+
+
+@contextlib.asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[Database]:
+    """Start the embedded server if needed, connect, check the kind, bootstrap."""
+    server: EmbeddedServer | None = None
+    if settings.embedded:
+        server = EmbeddedServer(data_dir=settings.data_dir)
+        try:
+            await server.start()
+        except EmbeddedError as exc:
+            raise DatabaseError(str(exc)) from None
+        uri = server.uri
+    else:
+        uri = str(settings.mongodb_uri)
+    client = make_client(uri)
+    try:
+        try:
+            kind = await detect_kind(client)
+        except PyMongoError:
+            raise DatabaseError(
+                f"cannot reach MongoDB at {hosts_of(uri)}: is the server running?"
+            ) from None
+        if kind == "standalone":
+            raise DatabaseError(
+                f"MongoDB at {hosts_of(uri)} is a standalone server, but change streams need a "
+                "replica set. Start one with `docker compose up` (mongo:8 as replica set rs0), "
+                "or restart mongod with --replSet rs0 and run rs.initiate()."
+            )
+        db = client[settings.db_name]
+        try:
+            await ensure_indexes(db)
+            instance_id = await ensure_instance_id(db)
+        except PyMongoError as exc:
+            hint = (f"; if the data file is corrupt, move {str(settings.data_dir / 'nx')!r} "
+                    "aside and start again" if server is not None else "")
+            raise DatabaseError(
+                f"database {settings.db_name!r} at {hosts_of(uri)} could not be prepared: "
+                f"{_first_line(exc)}{hint}"
+            ) from None
+        logger.info("connected to %s database at %s", kind, hosts_of(uri))
+        yield Database(client=client, db=db, kind=kind, instance_id=instance_id, embedded=server)
+    finally:
+        await client.close()
+        if server is not None:
+            await server.stop()

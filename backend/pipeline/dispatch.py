@@ -1,0 +1,158 @@
+"""Driving orders: one queue of order ids, a claim per order, then each automatic step.
+
+Exactly once, with several workers or app instances: a worker first *claims*
+an order with a compare-and-set (status + no live claim), and every
+transition is conditional on the status and the claim. A claim older than
+the reconcile timeout may be taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.errors import PyMongoError
+
+from backend.domain import stock
+from backend.domain.clock import now_ms
+from backend.domain.orders import apply_transition
+from backend.pipeline.context import AUTOMATIC, Work
+from backend.pipeline.payments import Payments
+from streaming import BreakerOpenError, Document
+
+logger = logging.getLogger("changecast.pipeline")
+
+
+class Dispatcher:
+    """Takes order ids off a queue and drives each, at most ``max_in_flight`` at once."""
+
+    def __init__(self, work: Work, payments: Payments, *, max_in_flight: int = 512) -> None:
+        self.work = work
+        self.payments = payments
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.in_flight: set[str] = set()
+        self._slots = asyncio.Semaphore(max_in_flight)
+
+    def enqueue(self, order_id: str) -> None:
+        """Drive this order (again); an order already being driven is skipped."""
+        self.queue.put_nowait(order_id)
+
+    async def run(self) -> None:
+        """The dispatch loop (runs until cancelled)."""
+        while True:
+            order_id = await self.queue.get()
+            if order_id in self.in_flight:
+                continue
+            await self._slots.acquire()
+            self.in_flight.add(order_id)
+            self.work.spawn(self._drive_and_release(order_id))
+
+    async def _drive_and_release(self, order_id: str) -> None:
+        try:
+            await self.drive(order_id)
+        finally:
+            self.in_flight.discard(order_id)
+            self._slots.release()
+
+    async def drive(self, order_id: str) -> None:
+        """Claim the order, then move it on until it needs somebody else."""
+        order: Document | None = None
+        correlation = None
+        try:
+            # Claimed once; each step hands on the updated document, claim included.
+            order = await self.claim(order_id)
+            while order is not None:
+                correlation = order.get("correlation_id")
+                status = order["status"]
+                if status == "pending":
+                    order = await self.reserve(order)
+                elif status == "reserved":
+                    order = await self.pay(order)
+                elif status == "paid":
+                    order = await self.advance(order, "processing", "pipeline")
+                else:
+                    return
+        except (PyMongoError, BreakerOpenError) as exc:
+            self.work.counters.errors += 1
+            logger.warning("pipeline paused on %s: %s", order_id, exc,
+                           extra={"order_id": order_id, "correlation_id": correlation})
+
+    async def claim(self, order_id: str) -> Document | None:
+        """Take the order for this instance, unless a live claim of another holds it.
+
+        Read, decide, then compare-and-set on the observed status and claim: only
+        equality conditions, which NX-27017 answers from its index (an ``$or`` makes it
+        scan the collection).
+        """
+        db, instance = self.work.db, self.work.instance
+        current = await db.orders.find_one({"_id": order_id})
+        if current is None or current["status"] not in AUTOMATIC:
+            return None
+        holder = current.get("claim")
+        if holder not in (None, instance) and int(current.get("claim_at") or 0) >= \
+                self.work.stale_ms():
+            return None  # another instance is on it
+        order: Document | None = await db.orders.find_one_and_update(
+            {"_id": order_id, "status": current["status"], "claim": holder},
+            {"$set": {"claim": instance, "claim_at": now_ms()}},
+            return_document=ReturnDocument.AFTER)
+        return order
+
+    async def advance(self, order: Document, target: str, actor: str, *,
+                      extra: dict[str, Any] | None = None) -> Document | None:
+        """One transition under this instance's claim; None when the claim was lost."""
+        release = {"claim": None} if target not in AUTOMATIC else {}
+        updated = await apply_transition(self.work.db, order, target, actor=actor,
+                                         extra={**release, **(extra or {})},
+                                         condition={"claim": self.work.instance})
+        if updated is None:
+            self.work.counters.claims_lost += 1
+            return None
+        self.work.counters.transitions += 1
+        self.work.engine.nudge("orders")
+        logger.info("order %s: %s -> %s", order["_id"], order["status"], target,
+                    extra={"correlation_id": order.get("correlation_id"),
+                           "order_id": order["_id"], "stage": target})
+        return updated
+
+    async def reserve(self, order: Document) -> Document | None:
+        """Take every item's units, then ``reserved``, or give them back and ``rejected``."""
+        started = time.perf_counter()
+        order_id, items = str(order["_id"]), order["items"]
+        logger.debug("reserving %d items", len(items),
+                     extra={"correlation_id": order.get("correlation_id"), "order_id": order_id})
+        failure, taken = None, 0
+        for item in items:
+            # Exactly once even when this is a re-drive of an attempt that died half-way:
+            # the product remembers which orders it gave units to (backend.domain.stock).
+            failure = await stock.take(self.work.db, order_id, item)
+            if failure is not None:
+                break
+            taken += 1
+        if taken:  # a nudge promises a change: the watcher treats silence after it as a stall
+            self.work.engine.nudge("products")
+        if failure is not None:
+            moved = await self.advance(order, "rejected", "pipeline",
+                                       extra={"failure_reason": failure})
+        else:
+            moved = await self.advance(order, "reserved", "pipeline")
+        # Ours, or whatever the order became meanwhile, says commit or give back.
+        await stock.settle_takes(self.work.db, order_id, items, order=moved)
+        self.work.stages.record("reserve", started)
+        return moved if moved is not None and moved["status"] == "reserved" else None
+
+    async def pay(self, order: Document) -> Document | None:
+        """Charge; ``paid``, or ``payment_failed`` with the units going back."""
+        payment = await self.payments.charge(order)
+        reason = payment.pop("reason")
+        if payment["status"] == "captured":
+            return await self.advance(order, "paid", "payment", extra={"payment": payment})
+        failed = await self.advance(order, "payment_failed", "payment",
+                                    extra={"payment": payment, "failure_reason": reason,
+                                           "restock": "due"})
+        if failed is not None:
+            await self.payments.restock(failed)
+        return None

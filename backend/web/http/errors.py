@@ -1,0 +1,111 @@
+"""One error shape for the API, ``{"error": {"code", "message"}}``, and one table that maps
+domain errors to HTTP statuses."""
+
+from __future__ import annotations
+
+import logging
+
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from backend.domain.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Throttled,
+    Unauthenticated,
+)
+from backend.web.jsonio import JSON
+from streaming import BreakerOpenError, FilterError
+
+logger = logging.getLogger("changecast.errors")
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media",
+          422: "invalid", 429: "too_many_requests", 503: "unavailable"}
+# The one place a domain error becomes a status code.
+STATUS: dict[type[DomainError], int] = {Invalid: 422, NotFound: 404, Conflict: 409,
+                                        Unauthenticated: 401, Forbidden: 403, Throttled: 429}
+
+
+class ApiError(Exception):
+    """A transport-level problem the client caused (bad JSON, a body too large, bad paging)."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or _CODES.get(status, "error")
+        self.message = message
+
+
+ClientError = ApiError | DomainError
+CLIENT_ERRORS = (ApiError, DomainError)
+
+
+def status_of(exc: ClientError) -> int:
+    """The HTTP status of a client error."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    return next(status for kind, status in STATUS.items() if isinstance(exc, kind))
+
+
+def headers_of(exc: ClientError) -> dict[str, str]:
+    """Extra response headers a client error carries (``Retry-After`` when throttled)."""
+    if isinstance(exc, Throttled):
+        return {"Retry-After": str(max(1, round(exc.retry_after)))}
+    return {}
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> Response:
+    """The JSON error body with ``status``."""
+    return JSON({"error": {"code": code, "message": message}}, status_code=status,
+                headers=headers)
+
+
+def unavailable_response(retry_after: float = 1.0,
+                         message: str = "the database is unavailable; try again shortly"
+                         ) -> Response:
+    """503 with ``Retry-After``: the database is down or too slow, not the request wrong."""
+    return error_response(503, "unavailable", message,
+                          {"Retry-After": str(max(1, round(retry_after)))})
+
+
+async def client_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, CLIENT_ERRORS):
+        raise TypeError(f"expected a client error, got {type(exc).__name__}")
+    return error_response(status_of(exc), exc.code, exc.message, headers_of(exc))
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, HTTPException):
+        raise TypeError(f"expected HTTPException, got {type(exc).__name__}")
+    return error_response(exc.status_code, _CODES.get(exc.status_code, "error"),
+                          str(exc.detail), dict(exc.headers or {}))
+
+
+async def filter_error(request: Request, exc: Exception) -> Response:
+    return error_response(400, "bad_where", f"where: {exc}")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when the database is down or too slow, rather than the request wrong."""
+    return isinstance(exc, BreakerOpenError | ConnectionFailure | ExecutionTimeout
+                      | WTimeoutError | TimeoutError)
+
+
+async def database_error(request: Request, exc: Exception) -> Response:
+    if is_unavailable(exc):
+        return unavailable_response(exc.retry_after if isinstance(exc, BreakerOpenError)
+                                    else 1.0)
+    logger.error("database error: %s", exc)
+    return error_response(500, "database_error", "the database rejected the operation")
+
+
+HANDLERS = {ApiError: client_error, DomainError: client_error, HTTPException: http_error,
+            FilterError: filter_error, BreakerOpenError: database_error,
+            PyMongoError: database_error, TimeoutError: database_error}

@@ -1,0 +1,54 @@
+"""What every request and socket of one app shares: one frozen, typed object.
+
+The lifespan builds it (``backend.web.app``) and Starlette hands it to each
+connection as ``conn.state.app``; :func:`app_state` is the typed way to read it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
+
+from pymongo.asynchronous.database import AsyncDatabase
+from starlette.requests import HTTPConnection
+from starlette.templating import Jinja2Templates
+
+from backend.domain.analytics import LiveAnalytics
+from backend.domain.users import LoginThrottle
+from backend.infra.database import Database
+from backend.infra.settings import Settings
+from backend.pipeline import Pipeline
+from streaming import ChangeEngine, Document
+
+if TYPE_CHECKING:
+    from backend.web.live.renders import RenderCache
+    from backend.web.live.session import Session
+
+STATE_KEY = "app"
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    """The app's database, engine, workers and per-process helpers."""
+
+    settings: Settings
+    database: Database
+    engine: ChangeEngine
+    analytics: LiveAnalytics
+    pipeline: Pipeline | None
+    templates: Jinja2Templates
+    renders: RenderCache
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    connections: set[Session] = field(default_factory=set)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def db(self) -> AsyncDatabase[Document]:
+        """The application database."""
+        return self.database.db
+
+
+def app_state(conn: HTTPConnection) -> AppState:
+    """The shared state of the app serving ``conn``."""
+    return cast(AppState, getattr(conn.state, STATE_KEY))

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from backend.pipeline.gateway import PaymentGateway
+
+
+async def test_gateway_fraud_check_slows_big_totals_and_refunds_are_idempotent() -> None:
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    gateway = PaymentGateway(success_rate=1.0, latency_ms=(100, 100), rng=random.Random(1),
+                             sleep=sleep)
+    small = await gateway.charge(5_000)
+    big = await gateway.charge(200_000)
+    assert small.ok and big.ok and small.transaction_id != big.transaction_id
+    assert delays[0] == pytest.approx(0.1) and delays[1] >= 0.6
+    assert small.transaction_id is not None
+    first = await gateway.refund(small.transaction_id, 5_000)
+    assert await gateway.refund(small.transaction_id, 5_000) == first
+    assert len(delays) == 3  # the second refund did not call the bank again
+    assert gateway.in_flight == 0
+
+
+def test_gateway_refuses_a_success_rate_outside_0_1() -> None:
+    with pytest.raises(ValueError, match="success_rate"):
+        PaymentGateway(success_rate=1.5)
