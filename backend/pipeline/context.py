@@ -74,9 +74,9 @@ class Work:
     instance: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     counters: Counters = field(default_factory=Counters)
     stages: StageTimes = field(default_factory=StageTimes)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in the background; it is cancelled when the pipeline stops."""
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)

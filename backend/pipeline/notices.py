@@ -3,7 +3,8 @@ their ids are deterministic (the instance that writes second changes nothing).""
 
 from __future__ import annotations
 
-import contextlib
+import logging
+from collections import OrderedDict
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -22,6 +23,9 @@ MESSAGES = {
     "cancelled": "Order {id} was cancelled.",
 }
 FAILURES = frozenset({"rejected", "payment_failed"})
+RECORDED_KEEP = 20_000  # orders whose recorded history length this process remembers
+
+logger = logging.getLogger("changecast.pipeline")
 
 
 class Notices:
@@ -30,6 +34,7 @@ class Notices:
     def __init__(self, work: Work) -> None:
         self.work = work
         self.admins: list[str] = []
+        self._recorded: OrderedDict[str, int] = OrderedDict()
 
     async def load_admins(self) -> None:
         """Who gets the stock alerts."""
@@ -37,34 +42,64 @@ class Notices:
                        self.work.db.users.find({"role": "admin"}, {"_id": 1})]
 
     async def record_transition(self, order: Document) -> None:
-        """One audit entry per stage, and the customer's notification of it."""
+        """One audit entry per stage, and the customer's notification of it.
+
+        Every stage of the history this process has not recorded yet, not only the last:
+        a change stream that looks documents up late (NX-27017, MongoDB's updateLookup)
+        can deliver two quick transitions both carrying the second, and the first then
+        arrives as no change at all; another instance that recorded it may have died
+        half-way.
+        """
+        order_id = str(order["_id"])
         history = order.get("history") or []
-        if not history:
-            return
-        entry = history[-1]
+        done = self._recorded.get(order_id, 0)
+        for index in range(done, len(history)):
+            if not await self._record_stage(order, index):
+                return  # the database failed: the next event or sweep tries again
+            self._recorded[order_id] = index + 1
+            self._recorded.move_to_end(order_id)
+        while len(self._recorded) > RECORDED_KEEP:
+            self._recorded.popitem(last=False)
+
+    async def _record_stage(self, order: Document, index: int) -> bool:
+        history = order["history"]
+        entry = history[index]
         status = entry["status"]
-        previous = history[-2]["at"] if len(history) > 1 else entry["at"]
-        audit = {"_id": f"{order['_id']}:{len(history)}:{status}",
+        previous = history[index - 1]["at"] if index else entry["at"]
+        audit = {"_id": f"{order['_id']}:{index + 1}:{status}",
                  "correlation_id": order.get("correlation_id"), "order_id": order["_id"],
                  "stage": status, "event": "entered", "actor": entry.get("by"),
                  "at": entry["at"], "duration_ms": ms_between(previous, entry["at"])}
-        with contextlib.suppress(DuplicateKeyError, PyMongoError):
-            await self.work.db.audit.insert_one(audit)
-        if status in MESSAGES:
-            message = MESSAGES[status].format(id=order["_id"],
-                                              reason=order.get("failure_reason") or "unknown")
-            await self.notify(f"{order['_id']}:{status}", str(order["user_id"]),
-                              "failure" if status in FAILURES else "status", message,
-                              order_id=str(order["_id"]))
+        if not await self._insert_once("audit", audit):
+            return False
+        if status not in MESSAGES:
+            return True
+        message = MESSAGES[status].format(id=order["_id"],
+                                          reason=order.get("failure_reason") or "unknown")
+        return await self.notify(f"{order['_id']}:{status}", str(order["user_id"]),
+                                 "failure" if status in FAILURES else "status", message,
+                                 order_id=str(order["_id"]))
+
+    async def _insert_once(self, collection: str, doc: Document) -> bool:
+        """Insert a document with a deterministic id; True when it is there (now or before)."""
+        try:
+            await self.work.db[collection].insert_one(doc)
+        except DuplicateKeyError:
+            return True
+        except PyMongoError as exc:
+            logger.warning("%s %s not written: %s", collection, doc["_id"], exc)
+            return False
+        return True
 
     async def notify(self, notification_id: str, user_id: str, kind: str, message: str, *,
-                     order_id: str | None = None) -> None:
+                     order_id: str | None = None) -> bool:
         """Write a notification once (a second write of the same id changes nothing)."""
         doc = {"_id": notification_id, "user_id": user_id, "order_id": order_id, "kind": kind,
                "message": message, "created_at": now_iso(), "read": False}
-        with contextlib.suppress(DuplicateKeyError, PyMongoError):
-            await self.work.db.notifications.insert_one(doc)
+        written = await self._insert_once("notifications", doc)
+        if written:
             self.work.engine.nudge("notifications")
+        return written
 
     def check_stock(self, event: ChangeEvent) -> None:
         """Alert every admin when a product drops below its threshold or sells out."""

@@ -17,3 +17,65 @@ def test_notices_alert_when_stock_crosses_below_the_threshold_once() -> None:
     assert stock_alert(product_change(9, 8)) is None  # already low: no second alert
     assert stock_alert(product_change(3, 0)) == ("sold_out", "Lamp (P1) is sold out.")
     assert stock_alert(product_change(5, 9)) is None  # a restock is not an alert
+
+
+class FakeCollection:
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.fail_next = False
+
+    async def insert_one(self, doc: dict[str, Any]) -> None:
+        from pymongo.errors import AutoReconnect, DuplicateKeyError
+
+        if self.fail_next:
+            self.fail_next = False
+            raise AutoReconnect("connection reset")
+        if doc["_id"] in self.docs:
+            raise DuplicateKeyError("duplicate")
+        self.docs[doc["_id"]] = doc
+
+
+class FakeDb:
+    def __init__(self) -> None:
+        self.audit, self.notifications = FakeCollection(), FakeCollection()
+
+    def __getitem__(self, name: str) -> FakeCollection:
+        return getattr(self, name)  # type: ignore[no-any-return]
+
+
+class QuietEngine:
+    def nudge(self, collection: str | None = None) -> None:
+        pass
+
+
+def order_with(*statuses: str) -> dict[str, Any]:
+    return {"_id": "ORD-1", "user_id": "u1", "correlation_id": "c1",
+            "history": [{"status": s, "at": f"2026-12-01T00:00:0{n}.000Z", "by": "pipeline"}
+                        for n, s in enumerate(statuses)]}
+
+
+async def test_notices_a_stage_whose_event_was_skipped_is_still_recorded_once() -> None:
+    from backend.pipeline.context import Work
+    from backend.pipeline.notices import Notices
+
+    db = FakeDb()
+    notices = Notices(Work(db, QuietEngine()))  # type: ignore[arg-type]
+    await notices.record_transition(order_with("pending"))
+    # The stream delivered "reserved" and "paid" as one change carrying the later version.
+    await notices.record_transition(order_with("pending", "reserved", "paid"))
+    await notices.record_transition(order_with("pending", "reserved", "paid"))  # a replay
+    assert sorted(db.audit.docs) == ["ORD-1:1:pending", "ORD-1:2:reserved", "ORD-1:3:paid"]
+    assert sorted(db.notifications.docs) == ["ORD-1:paid", "ORD-1:reserved"]
+
+
+async def test_notices_a_failed_write_is_retried_on_the_next_event() -> None:
+    from backend.pipeline.context import Work
+    from backend.pipeline.notices import Notices
+
+    db = FakeDb()
+    notices = Notices(Work(db, QuietEngine()))  # type: ignore[arg-type]
+    db.notifications.fail_next = True
+    await notices.record_transition(order_with("pending", "reserved"))
+    assert db.notifications.docs == {}
+    await notices.record_transition(order_with("pending", "reserved", "paid"))
+    assert sorted(db.notifications.docs) == ["ORD-1:paid", "ORD-1:reserved"]
