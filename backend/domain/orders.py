@@ -42,7 +42,7 @@ FINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 HOLDS_STOCK = frozenset({"reserved", "paid", "processing"})
 ADMIN_NEXT = {"paid": "processing", "processing": "shipped", "shipped": "delivered"}
 # The pipeline's bookkeeping on an order: kept out of events and answers (see backend.web.app).
-INTERNAL = ("claim", "claim_at", "transition_id", "refund_at")
+INTERNAL = ("claim", "claim_at", "transition_id", "refund_at", stock.RESTOCKED_AT)
 ID_ALPHABET = string.ascii_uppercase + string.digits
 _SYSTEM_RANDOM = random.SystemRandom()
 _CORRELATION = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

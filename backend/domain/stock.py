@@ -10,13 +10,15 @@ hidden ``holds`` list, written in the same single-document update as the
   and does not take twice.
 - ``give back`` (the order was never reserved: rejected, or cancelled while
   pending): ``stock += q`` and the marker goes, only while it is there.
-- ``commit`` (the order reached ``reserved``): the marker goes, the units stay
-  sold.
+- ``commit`` (the order reached ``reserved``): the units stay sold; the marker
+  goes once the reservation is older than the reconcile timeout (the sweep drops it),
+  so that a worker which stalled mid-reservation and lost its claim cannot take again.
 - ``restock`` (a reserved order failed payment or was cancelled): the order
   gets ``restock: "due"`` in its transition; each product gets
   ``stock += q`` with the marker ``<order_id>:back``, only while absent; the
-  order then says ``restock: "done"``, and the sweep drops the markers once
-  that is older than the reconcile timeout.
+  order then says ``restock: "done"`` (with ``restocked_at``), and the sweep drops the
+  markers once that is older than the reconcile timeout. A restock re-reads the order
+  first, so a worker that stalled after the transition does not restock a second time.
 
 Whatever dies in between, :func:`sweep` finishes it from the order's state:
 markers only exist for moves in flight or just finished, so the list stays
@@ -39,6 +41,7 @@ from streaming import ChangeEngine, Document
 
 logger = logging.getLogger("changecast.stock")
 HOLDS = "holds"
+RESTOCKED_AT = "restocked_at"  # on the order: when its restock was done (kept out of events)
 HIDDEN = {"products": (HOLDS,)}
 # What this module's writes hand back leaves the markers out (readers use the engine's
 # hidden_projection).
@@ -91,17 +94,24 @@ async def commit(db: AsyncDatabase[Document], order_id: str, items: list[Documen
 
 
 async def settle_takes(db: AsyncDatabase[Document], order_id: str, items: list[Document], *,
-                       order: Document | None = None) -> str:
-    """Commit or give back an order's takes, as its state says; returns what it did.
+                       order: Document | None = None, stale_before: str | None = None) -> str:
+    """Commit, keep or give back an order's takes, as its state says; returns what it did.
 
     ``order``: the order as just written by the caller, else it is read. A pending order's
-    takes belong to whoever drives it and are left alone.
+    takes belong to whoever drives it and are left alone. A reserved order's takes stay
+    marked until the reservation is older than ``stale_before`` (None: they stay): a worker
+    that lost its claim while stalled mid-reservation may still try to take, and the mark
+    is what makes that a no-op instead of a second sale.
     """
     if order is None:
         order = await db.orders.find_one({"_id": order_id}, {"status": 1, "history": 1})
     if order is not None and order["status"] == "pending":
         return "left"
-    if order is not None and any(h["status"] == "reserved" for h in order["history"]):
+    reserved_at = next((h["at"] for h in (order or {}).get("history", ())
+                        if h["status"] == "reserved"), None)
+    if reserved_at is not None:
+        if stale_before is None or str(reserved_at) > stale_before:
+            return "kept"
         await commit(db, order_id, items)
         return "committed"
     await give_back(db, order_id, items)
@@ -118,6 +128,11 @@ async def restock(db: AsyncDatabase[Document], engine: ChangeEngine, order: Docu
     caller).
     """
     order_id, back = str(order["_id"]), _back(str(order["_id"]))
+    # The caller's copy may be old (a worker that stalled after the transition): a restock
+    # finished meanwhile is not done again, even once its marks are gone.
+    current = await db.orders.find_one({"_id": order_id}, {"restock": 1})
+    if current is None or current.get("restock") != "due":
+        return 0
     moved = 0
     for item in order["items"]:
         product = await db.products.find_one_and_update(
@@ -133,7 +148,7 @@ async def restock(db: AsyncDatabase[Document], engine: ChangeEngine, order: Docu
         else:
             engine.nudge("products")
     await db.orders.update_one({"_id": order_id, "restock": "due"},
-                               {"$set": {"restock": "done"}})
+                               {"$set": {"restock": "done", RESTOCKED_AT: now_iso()}})
     # The marks stay until the sweep finds the restock done and old: a second call that
     # read "due" just before this one finished must still find them.
     return moved
@@ -143,8 +158,8 @@ async def sweep(db: AsyncDatabase[Document], engine: ChangeEngine, *, stale_befo
     """Finish every stock move a crash left half-done; safe to run anywhere, any time.
 
     ``stale_before``: restocks still ``due`` from before this ISO time are re-run, and
-    the marks of restocks done before it are dropped (younger ones may still be in
-    progress elsewhere).
+    the marks of restocks done and of reservations made before it are dropped (younger
+    ones may still be in progress elsewhere).
     """
     done = {"committed": 0, "given_back": 0, "restocked": 0, "cleared": 0}
     for due in await db.orders.find({"restock": "due", "updated_at": {"$lte": stale_before}},
@@ -157,14 +172,16 @@ async def sweep(db: AsyncDatabase[Document], engine: ChangeEngine, *, stale_befo
     order_ids = sorted({m.removesuffix(":back") for _, m in markers})
     orders = {o["_id"]: o for o in await db.orders.find(
         {"_id": {"$in": order_ids}},
-        {"status": 1, "history": 1, "items": 1, "restock": 1, "updated_at": 1}
+        {"status": 1, "history": 1, "items": 1, "restock": 1, "updated_at": 1,
+         RESTOCKED_AT: 1}
     ).to_list()}
     for product_id, marker in sorted(markers):
         order_id = marker.removesuffix(":back")
         order = orders.get(order_id)
         if marker != order_id:  # a restock's marker: dropped once done for a while
+            done_at = (order or {}).get(RESTOCKED_AT) or (order or {}).get("updated_at", "")
             if order is None or (order.get("restock") != "due"
-                                 and str(order.get("updated_at", "")) <= stale_before):
+                                 and str(done_at) <= stale_before):
                 await db.products.update_one({"_id": product_id}, {"$pull": {HOLDS: marker}})
                 done["cleared"] += 1
             continue
@@ -175,8 +192,8 @@ async def sweep(db: AsyncDatabase[Document], engine: ChangeEngine, *, stale_befo
                            product_id)
             await db.products.update_one({"_id": product_id}, {"$pull": {HOLDS: marker}})
             continue
-        outcome = await settle_takes(db, order_id, lines, order=order)
-        if outcome != "left":
+        outcome = await settle_takes(db, order_id, lines, order=order, stale_before=stale_before)
+        if outcome in done:
             done[outcome] += 1
     if done["given_back"]:  # (restock nudges by itself)
         engine.nudge("products")

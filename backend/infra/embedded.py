@@ -7,14 +7,19 @@ import contextlib
 import enum
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
 
 from pymongo import AsyncMongoClient
 
+from backend.infra.settings import private_dir
 from streaming import Backoff
 
 logger = logging.getLogger("changecast.embedded")
@@ -40,13 +45,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+Transport = Literal["unix", "tcp"]
+
+
 class EmbeddedServer:
-    """Runs NX-27017 on a loopback port with a file database, restarting it if it dies."""
+    """Runs NX-27017 with a file database, restarting it if it dies.
+
+    It listens on a Unix socket in a private directory (mode 700) by default: NX-27017 has
+    no authentication, and a loopback port would let every local account read and write
+    the database. ``transport="tcp"`` listens on ``host:port`` instead (for tools that
+    need a port).
+    """
 
     def __init__(
         self,
         *,
         data_dir: Path,
+        transport: Transport = "unix",
         host: str = "127.0.0.1",
         port: int | None = None,
         ready_timeout: float = 15.0,
@@ -54,8 +69,10 @@ class EmbeddedServer:
         backoff_max: float = 5.0,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.transport: Transport = transport
         self.host = host
         self.port = port
+        self.socket_path: Path | None = None
         self.ready_timeout = ready_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -69,9 +86,16 @@ class EmbeddedServer:
     @property
     def uri(self) -> str:
         """Connection string for the running server."""
+        if self.socket_path is not None:
+            return f"mongodb://{quote(str(self.socket_path), safe='')}/?directConnection=true"
         if self.port is None:
             raise EmbeddedError("the embedded server has not been started")
         return f"mongodb://{self.host}:{self.port}/?directConnection=true"
+
+    @property
+    def address(self) -> str:
+        """Where it listens, for messages."""
+        return str(self.socket_path) if self.socket_path else f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -88,7 +112,11 @@ class EmbeddedServer:
         if self.state is not EmbeddedState.STOPPED:
             raise EmbeddedError(f"expected a stopped server, it is {self.state.value}")
         self._check_data_dir()
-        if self.port is None:
+        if self.transport == "unix":
+            if self.socket_path is None:
+                # Short (a socket path has at most 107 bytes) and private (mkdtemp: mode 700).
+                self.socket_path = Path(tempfile.mkdtemp(prefix="changecast-nx-")) / "nx.sock"
+        elif self.port is None:
             self.port = free_port(self.host)
         self.state = EmbeddedState.STARTING
         self._stopping = False
@@ -110,6 +138,9 @@ class EmbeddedServer:
                 await self._supervisor
             self._supervisor = None
         await self._terminate()
+        if self.socket_path is not None:
+            shutil.rmtree(self.socket_path.parent, ignore_errors=True)
+            self.socket_path = None
         self.state = EmbeddedState.STOPPED
 
     async def __aenter__(self) -> EmbeddedServer:
@@ -121,7 +152,11 @@ class EmbeddedServer:
 
     def _check_data_dir(self) -> None:
         try:
-            self.db_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.data_dir)
+            private_dir(self.db_dir)
+            for existing in self.db_dir.iterdir():  # files written before this was enforced
+                if existing.is_file() and existing.stat().st_mode & 0o077:
+                    existing.chmod(0o600)
             probe = self.db_dir / ".write-test"
             probe.write_text("ok")
             probe.unlink()
@@ -139,10 +174,7 @@ class EmbeddedServer:
                 "backend.infra.nxserver",
                 "--data-dir",
                 str(self.db_dir.resolve()),
-                "--host",
-                self.host,
-                "--port",
-                str(self.port),
+                *self._listen_args(),
                 "--log-file",
                 str((self.data_dir / "nx-27017.log").resolve()),
                 "--pid-file",
@@ -155,6 +187,11 @@ class EmbeddedServer:
                 start_new_session=True,
             )
         await self._wait_ready(stderr_path)
+
+    def _listen_args(self) -> list[str]:
+        if self.socket_path is not None:
+            return ["--unix-socket", str(self.socket_path)]
+        return ["--host", self.host, "--port", str(self.port)]
 
     async def _wait_ready(self, stderr_path: Path) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -175,8 +212,8 @@ class EmbeddedServer:
                 except Exception:
                     if time.monotonic() > deadline:
                         raise EmbeddedError(
-                            f"the embedded database did not answer ping on {self.host}:"
-                            f"{self.port} within {self.ready_timeout:.0f} s"
+                            f"the embedded database did not answer ping on {self.address} "
+                            f"within {self.ready_timeout:.0f} s"
                         ) from None
                     await asyncio.sleep(0.05)
         finally:

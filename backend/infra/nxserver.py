@@ -7,6 +7,8 @@ stop it when the parent dies, so a ``kill -9`` of ChangeCast leaves no orphan.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -14,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -40,15 +43,38 @@ def _watch_parent(parent: int) -> None:
     os._exit(0)
 
 
+def _listen_on_unix_socket(path: str) -> None:
+    """Make NX-27017 listen on a Unix socket instead of TCP (it has no option for it, nor for
+    authentication): the socket is mode 600 in a directory of mode 700, so only this user's
+    processes can reach the database, where a loopback port is open to every local account."""
+    start_unix_server = asyncio.start_unix_server
+
+    async def start_server(client_connected_cb: Any, host: Any = None, port: Any = None,
+                           **kwargs: Any) -> asyncio.AbstractServer:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return await start_unix_server(client_connected_cb, path=path, **kwargs)
+
+    asyncio.start_server = start_server  # type: ignore[assignment]
+
+
 def main() -> None:
-    """Start NX-27017 with the arguments given on the command line."""
+    """Start NX-27017 with the arguments given on the command line (and ``--unix-socket
+    PATH``, which is ours)."""
     _die_with_parent()
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True,
                      name="parent-watch").start()
+    # Every file it creates (databases, journals, logs, the socket) is this user's alone.
+    os.umask(0o077)
     logging.getLogger("nx_27017").setLevel(logging.WARNING)
+    args = sys.argv[1:]
+    if "--unix-socket" in args:
+        at = args.index("--unix-socket")
+        _listen_on_unix_socket(args[at + 1])
+        del args[at:at + 2]
     from nx_27017.nx_27017 import main as nx_main  # type: ignore[import-untyped]
 
-    sys.argv[0] = "nx-27017"
+    sys.argv[:] = ["nx-27017", *args]
     nx_main()
 
 

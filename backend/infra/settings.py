@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast
 
+DemoLogin = Literal["auto", "on", "off"]
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 DEFAULT_ADMIN_PASSWORD = "changecast-admin"
 DEFAULT_DEMO_PASSWORD = "changecast-demo"
 
@@ -41,6 +45,23 @@ class Settings:
     reconcile_after_s: float = 30.0
     secure_cookies: bool = False
     heartbeat_s: float = 15.0
+    # Host headers this server answers to (a name, "*.example.com", or "*"); () means the
+    # bound host and the loopback names (see ``hosts``).
+    allowed_hosts: tuple[str, ...] = ()
+    demo_login: DemoLogin = "auto"
+    forwarded_allow_ips: str | None = None
+    body_timeout_s: float = 10.0
+    header_timeout_s: float = 10.0
+    max_connections: int = 10_000
+    max_connections_per_client: int = 500
+    idle_socket_s: float = 60.0
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The Host names allowed: ``allowed_hosts``, or the bound host and loopback."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        return tuple(dict.fromkeys((self.host.lower(), *LOOPBACK_NAMES)))
 
     @property
     def embedded(self) -> bool:
@@ -93,6 +114,17 @@ class Settings:
             reconcile_after_s=_float(env, "CHANGECAST_RECONCILE_AFTER_S", 30.0, 0.1, 86_400.0),
             secure_cookies=_flag(env, "CHANGECAST_SECURE_COOKIES", default=False),
             heartbeat_s=_float(env, "CHANGECAST_HEARTBEAT_S", 15.0, 0.2, 3_600.0),
+            allowed_hosts=_hosts(env, "CHANGECAST_ALLOWED_HOSTS"),
+            demo_login=cast(DemoLogin, _choice(env, "CHANGECAST_DEMO_LOGIN", "AUTO",
+                                               ("AUTO", "ON", "OFF")).lower()),
+            forwarded_allow_ips=_text(env, "CHANGECAST_FORWARDED_ALLOW_IPS") or None,
+            body_timeout_s=_float(env, "CHANGECAST_BODY_TIMEOUT_S", 10.0, 0.1, 600.0),
+            header_timeout_s=_float(env, "CHANGECAST_HEADER_TIMEOUT_S", 10.0, 0.1, 600.0),
+            max_connections=_int(env, "CHANGECAST_MAX_CONNECTIONS", 10_000, low=1,
+                                 high=1_000_000),
+            max_connections_per_client=_int(env, "CHANGECAST_MAX_CONNECTIONS_PER_CLIENT", 500,
+                                            low=1, high=1_000_000),
+            idle_socket_s=_float(env, "CHANGECAST_IDLE_SOCKET_S", 60.0, 0.1, 86_400.0),
         )
 
 
@@ -154,6 +186,21 @@ def _range(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple
     return low, high
 
 
+def _hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = _text(env, name)
+    if not raw:
+        return ()
+    hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    for host in hosts:
+        if host != "*" and not _HOST.match(host.removeprefix("*.")):
+            raise SettingsError(f"{name} must list host names (a.example, *.example or *), "
+                                f"got {host!r}")
+    return hosts
+
+
+_HOST = re.compile(r"^(\[[0-9a-f:]+\]|[0-9a-f:]*:[0-9a-f:]+|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)$")
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, options: tuple[str, ...]) -> str:
     raw = _text(env, name).upper() or default
     if raw not in options:
@@ -162,20 +209,31 @@ def _choice(env: Mapping[str, str], name: str, default: str, options: tuple[str,
 
 
 def _stored_secret(data_dir: Path) -> str:
-    """Read the session secret from the data dir, creating it on first use."""
+    """Read the session secret from the data dir, creating it on first use (mode 600 from
+    the start, in a data dir of mode 700: no other local user may read either)."""
     path = data_dir / "secret_key"
     try:
+        private_dir(data_dir)
         if path.exists():
             key = path.read_text().strip()
             if len(key) >= 32:
+                path.chmod(0o600)
                 return key
-        data_dir.mkdir(parents=True, exist_ok=True)
+            path.unlink()
         key = secrets.token_urlsafe(48)
-        path.write_text(key + "\n")
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key + "\n")
         return key
     except OSError as exc:
         raise SettingsError(
             f"CHANGECAST_DATA_DIR {str(data_dir)!r} is not usable for the session secret: "
             f"{exc.strerror or exc}"
         ) from None
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) as mode 700, or tighten it to 700 if it exists."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)

@@ -82,6 +82,9 @@ async def test_a_reservation_that_died_half_way_is_re_driven_without_taking_twic
     finally:
         await pipeline.stop()
     assert done["status"] == "processing"
+    # Sold once; the marks stay for the reconcile timeout after the reservation.
+    assert await units(db) == {"A": (7, [order["_id"]]), "B": (8, [order["_id"]])}
+    await stock.sweep(db, engine, stale_before=now_iso())
     assert await units(db) == {"A": (7, []), "B": (8, [])}
 
 
@@ -101,11 +104,53 @@ async def test_the_sweep_commits_takes_of_reserved_orders_and_gives_back_the_oth
     assert await units(db) == {"A": (7, [kept["_id"], dropped["_id"]]),
                                "B": (3, [kept["_id"], dropped["_id"], in_flight["_id"]])}
     first = await stock.sweep(db, engine, stale_before=LONG_AGO)
-    again = await stock.sweep(db, engine, stale_before=LONG_AGO)
-    assert first == {"committed": 2, "given_back": 2, "restocked": 0, "cleared": 0}
+    assert first == {"committed": 0, "given_back": 2, "restocked": 0, "cleared": 0}
+    # A fresh reservation keeps its marks (a stalled worker's late take stays a no-op).
+    assert await units(db) == {"A": (9, [kept["_id"]]), "B": (8, [kept["_id"], in_flight["_id"]])}
+    later = await stock.sweep(db, engine, stale_before=now_iso())
+    again = await stock.sweep(db, engine, stale_before=now_iso())
+    assert later == {"committed": 2, "given_back": 0, "restocked": 0, "cleared": 0}
     assert again == {"committed": 0, "given_back": 0, "restocked": 0, "cleared": 0}
     # kept: sold; dropped: back on the shelf; in_flight (still pending): left to its driver.
     assert await units(db) == {"A": (9, []), "B": (8, [in_flight["_id"]])}
+
+
+async def test_a_worker_that_lost_its_claim_mid_reservation_cannot_take_twice(
+    ab: tuple[Db, ChangeEngine]
+) -> None:
+    # Worker 1 took A and stalled past the reconcile timeout; worker 2 took the order over,
+    # reserved it (A and B) and moved on; then worker 1 woke up and went on with B. Its take
+    # must find the reservation's mark, or B would be sold twice.
+    db, engine = ab
+    order = await order_for(db, engine, [("A", 1), ("B", 4)])
+    assert await stock.take(db, order["_id"], order["items"][0]) is None  # worker 1
+    for item in order["items"]:  # worker 2, after the takeover
+        assert await stock.take(db, order["_id"], item) is None
+    reserved = await apply_transition(db, order, "reserved", actor="pipeline")
+    assert await stock.settle_takes(db, order["_id"], order["items"], order=reserved) == "kept"
+    assert await stock.take(db, order["_id"], order["items"][1]) is None  # worker 1, late
+    assert await stock.settle_takes(db, order["_id"], order["items"]) == "kept"
+    assert await units(db) == {"A": (9, [order["_id"]]), "B": (6, [order["_id"]])}
+
+
+async def test_a_worker_that_stalled_after_a_failed_payment_does_not_restock_again(
+    ab: tuple[Db, ChangeEngine]
+) -> None:
+    # Worker 1 moved the order to payment_failed (restock due) and stalled; the sweep did the
+    # restock, and a later sweep dropped its marks; then worker 1 woke up with its old copy.
+    db, engine = ab
+    order = await order_for(db, engine, [("A", 2)])
+    assert await stock.take(db, order["_id"], order["items"][0]) is None
+    reserved = await apply_transition(db, order, "reserved", actor="pipeline")
+    assert reserved is not None
+    failed = await apply_transition(db, reserved, "payment_failed", actor="payment",
+                                    extra={"restock": "due"})
+    assert failed is not None
+    assert await stock.restock(db, engine, failed) == 1  # the sweep's
+    await stock.sweep(db, engine, stale_before=now_iso())  # marks gone
+    assert await units(db) == {"A": (10, []), "B": (10, [])}
+    assert await stock.restock(db, engine, failed) == 0  # worker 1, late
+    assert await units(db) == {"A": (10, []), "B": (10, [])}
 
 
 async def test_a_cancelled_order_gets_its_units_back_once_whatever_dies_when(
