@@ -20,6 +20,7 @@ from backend.infra.logs import configure_logging
 from backend.infra.progress import ProgressBar
 from backend.infra.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings, SettingsError
 from backend.web.app import create_app
+from backend.web.server import server_config
 from loadtest.scenarios import SCENARIOS, scenario_with
 from seed.loader import seed_database
 
@@ -109,14 +110,7 @@ async def serve(settings: Settings) -> None:
         if settings.demo:
             _announce_demo_credentials(settings)
         app = create_app(settings, database=database)
-        config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_config=None,
-            lifespan="on", ws="websockets-sansio", ws_max_size=64 * 1024,
-            # Frames are small JSON or HTML: per-message deflate would cost ~45 KiB of zlib
-            # state per connection and CPU per frame for little gain.
-            ws_per_message_deflate=False,
-            timeout_graceful_shutdown=5,
-        )
+        config = server_config(app, settings)
         server = uvicorn.Server(config)
         logger.info("serving on http://%s:%s", settings.host, settings.port)
         await server.serve()

@@ -137,6 +137,30 @@ def get_path(doc: Document | None, path: str) -> Any:
     return current
 
 
+def path_values(doc: Document | None, path: str) -> list[Any]:
+    """Every value a dotted ``path`` reaches in ``doc``, as MongoDB's queries see them: an
+    array on the way is looked into element by element, and an array at the end counts as
+    itself and as each of its elements (``items.product_id`` of an order is each line's
+    product). Empty when the path reaches nothing."""
+    current: list[Any] = [doc]
+    for part in path.split("."):
+        reached: list[Any] = []
+        for value in current:
+            if isinstance(value, dict):
+                if part in value:
+                    reached.append(value[part])
+            elif isinstance(value, list):
+                reached.extend(item[part] for item in value
+                               if isinstance(item, dict) and part in item)
+        current = reached
+    found: list[Any] = []
+    for value in current:
+        found.append(value)
+        if isinstance(value, list):
+            found.extend(value)
+    return found
+
+
 def full_set(doc: Document) -> Changes:
     """Changes that rebuild ``doc`` from nothing (used when no previous version is known)."""
     return Changes({k: v for k, v in doc.items() if k != "_id"}, ())

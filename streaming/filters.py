@@ -17,20 +17,27 @@ Expressions compile to closures (never ``eval``).
 
 Semantics are two-valued and type-strict: a comparison with a missing or null
 field is false (use ``IS NULL``), numbers compare with numbers and strings
-with strings, booleans only with ``=``/``!=``. ``NOT`` negates. Array fields
-compare as whole values (MongoDB's "array contains" matching is not used).
+with strings, booleans only with ``=``/``!=``. ``NOT`` negates. Arrays follow
+MongoDB's query rules, so that a REST list (answered by the database) and a live
+view (answered here) agree: a path through an array looks into each element, and a
+comparison holds when any value reached satisfies it (``items.product_id =
+'SKU-1'`` matches an order with a line of SKU-1; ``tags = 'x'`` matches a ``tags``
+array containing ``'x'``); ``!=`` and ``NOT IN`` hold when no value does.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from streaming.errors import FilterError
-from streaming.events import get_path
+from streaming.events import get_path, path_values
 from streaming.types import Document
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 MAX_LENGTH = 1_000
 MAX_DEPTH = 32
@@ -133,6 +140,11 @@ def _tokenize(text: str) -> list[_Token]:
             value = raw[1:-1].replace("''", "'")
         elif kind == "number":
             value = float(raw) if any(c in raw for c in ".eE") else int(raw)
+            if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+                raise FilterError(f"integer {raw} is out of range: at most 64 bits "
+                                  f"({_INT64_MIN}..{_INT64_MAX})", start)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FilterError(f"number {raw} is out of range", start)
         elif kind == "word" and raw.upper() in _KEYWORDS:
             kind, value = "keyword", raw.upper()
         tokens.append(_Token(kind, raw, value, start))
@@ -298,30 +310,53 @@ def _getter(path: str) -> Callable[[Document], Any]:
     return lambda doc: get_path(doc, path)
 
 
+def _values(path: str) -> Callable[[Document], list[Any]]:
+    """The values ``path`` reaches, MongoDB-style (see ``path_values``)."""
+    if "." in path:
+        return lambda doc: path_values(doc, path)
+
+    def top(doc: Document) -> list[Any]:  # the common case, without the walk
+        if path not in doc:
+            return []
+        value = doc[path]
+        return [value, *value] if isinstance(value, list) else [value]
+
+    return top
+
+
 def _compile(node: Node) -> Predicate:
+    # Each comparison holds when any value the path reaches satisfies it, and a negation
+    # when none does: the same answers as the MongoDB query of ``_to_mongo``, so a REST
+    # list (answered by the database) and a live view (answered here) agree.
     if isinstance(node, Compare):
-        get, value, op = _getter(node.path), node.value, node.op
+        values, value, op = _values(node.path), node.value, node.op
         if op == "=":
-            return lambda doc: values_equal(get(doc), value)
+            return lambda doc: any(values_equal(v, value) for v in values(doc))
         if op == "!=":
-            return lambda doc: (v := get(doc)) is not None and not values_equal(v, value)
-        return lambda doc: _ordered(get(doc), value, op)
+            return lambda doc: bool(found := values(doc)) and not any(
+                v is None or values_equal(v, value) for v in found)
+        return lambda doc: any(_ordered(v, value, op) for v in values(doc))
     if isinstance(node, In):
-        get, options, negated = _getter(node.path), node.values, node.negated
+        values, options, negated = _values(node.path), node.values, node.negated
 
         def member(doc: Document) -> bool:
-            v = get(doc)
-            if v is None:
-                return False
-            found = any(values_equal(v, option) for option in options)
-            return not found if negated else found
+            found = values(doc)
+            if negated:
+                return bool(found) and not any(
+                    v is None or any(values_equal(v, o) for o in options) for v in found)
+            return any(values_equal(v, o) for v in found for o in options)
 
         return member
     if isinstance(node, IsNull):
-        get = _getter(node.path)
+        values = _values(node.path)
+
+        def null(doc: Document) -> bool:
+            found = values(doc)
+            return not found or any(v is None for v in found)
+
         if node.negated:
-            return lambda doc: get(doc) is not None
-        return lambda doc: get(doc) is None
+            return lambda doc: not null(doc)
+        return null
     if isinstance(node, And):
         parts = [_compile(item) for item in node.items]
         return lambda doc: all(part(doc) for part in parts)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from streaming.errors import SubscriptionError
-from streaming.events import ChangeEvent, Changes, diff, full_set, get_path
+from streaming.events import ChangeEvent, Changes, diff, full_set, path_values
 from streaming.filters import Filter, Predicate, equals_filter, hashable
 from streaming.metrics import EngineMetrics
 from streaming.types import DeliveryOp, Document, OverflowPolicy
@@ -312,16 +312,13 @@ class _Routes:
         if not self.by_field:
             return
         for field, index in self.by_field.items():
-            after = get_path(event.doc, field)
-            before = get_path(event.before, field)
-            first = index.get(after) if hashable(after) else None
-            second = index.get(before) if before != after and hashable(before) else None
-            if first and second:
-                yield from {**first, **second}
-            elif first:
-                yield from first
-            elif second:
-                yield from second
+            keys = [v for v in (*path_values(event.doc, field), *path_values(event.before, field))
+                    if hashable(v)]
+            buckets = [bucket for key in dict.fromkeys(keys) if (bucket := index.get(key))]
+            if len(buckets) == 1:
+                yield from buckets[0]
+            elif buckets:
+                yield from dict.fromkeys(sub for bucket in buckets for sub in bucket)
 
 
 def _index_key(sub: Subscription) -> tuple[str | None, frozenset[Any]]:

@@ -88,10 +88,14 @@ async def place_order(db: AsyncDatabase[Document], engine: ChangeEngine, *, user
         raise Invalid(f"an order takes at most {MAX_ITEMS} items, got {len(items)}")
     merged: dict[str, int] = {}
     for product_id, quantity in items:
-        if not 1 <= quantity <= MAX_QUANTITY:
+        if quantity < 1:
             raise Invalid(f"quantity of {product_id!r} must be 1..{MAX_QUANTITY}, "
-                                f"got {quantity}")
+                          f"got {quantity}")
         merged[product_id] = merged.get(product_id, 0) + quantity
+    for product_id, quantity in merged.items():  # lines of one product count together
+        if quantity > MAX_QUANTITY:
+            raise Invalid(f"quantity of {product_id!r} must be 1..{MAX_QUANTITY}, "
+                          f"got {quantity}")
     # Prices from the database itself: the cache may be a few milliseconds behind a change.
     found = {p["_id"]: p async for p in db.products.find(
         {"_id": {"$in": list(merged)}}, {"name": 1, "price_cents": 1})}

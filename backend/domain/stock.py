@@ -46,6 +46,8 @@ HIDDEN = {"products": (HOLDS,)}
 # What this module's writes hand back leaves the markers out (readers use the engine's
 # hidden_projection).
 NO_HOLDS = {HOLDS: 0}
+# The most units of one product: far above any shelf, far below int64 (and exact in JSON).
+MAX_STOCK = 1_000_000_000
 # How long a write waits to see itself on the change stream (well inside the API's
 # 0.8 s cap: the write has happened either way).
 SETTLE_S = 0.25
@@ -204,26 +206,32 @@ async def sweep(db: AsyncDatabase[Document], engine: ChangeEngine, *, stale_befo
 
 async def change_stock(db: AsyncDatabase[Document], engine: ChangeEngine, product_id: str, *,
                        stock: int | None = None, delta: int | None = None) -> Document:
-    """Set or shift a product's stock atomically; never below 0 (409)."""
+    """Set or shift a product's stock atomically; never below 0 (409) nor above MAX_STOCK."""
     if (stock is None) == (delta is None):
         raise Invalid('send exactly one of "stock" or "delta"')
     at = now_iso()
     if stock is not None:
         if stock < 0:
             raise Conflict(f"stock cannot go below 0, got {stock}")
+        if stock > MAX_STOCK:
+            raise Invalid(f"stock is at most {MAX_STOCK:,}, got {stock}")
         updated = await db.products.find_one_and_update(
             {"_id": product_id}, {"$set": {"stock": stock, "updated_at": at}},
             projection=NO_HOLDS, return_document=ReturnDocument.AFTER)
     elif delta is not None:
+        if abs(delta) > MAX_STOCK:
+            raise Invalid(f"a stock change is at most {MAX_STOCK:,} either way, got {delta}")
         updated = await db.products.find_one_and_update(
-            {"_id": product_id, "stock": {"$gte": max(0, -delta)}},
+            {"_id": product_id, "stock": {"$gte": max(0, -delta),
+                                          "$lte": MAX_STOCK - max(0, delta)}},
             {"$inc": {"stock": delta}, "$set": {"updated_at": at}},
             projection=NO_HOLDS, return_document=ReturnDocument.AFTER)
     if updated is None:
         product = await db.products.find_one({"_id": product_id}, {"stock": 1})
         if product is None:
             raise NotFound(f"no product {product_id!r}")
+        limit = "below 0" if (delta or 0) < 0 else f"above {MAX_STOCK:,}"
         raise Conflict(f"stock of {product_id} is {product['stock']}; a change of {delta} "
-                            "would take it below 0")
+                       f"would take it {limit}")
     await engine.settle("products", product_id, updated, timeout=SETTLE_S)
     return updated

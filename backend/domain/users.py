@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
-from backend.domain.errors import Throttled, Unauthenticated
-from backend.domain.passwords import verify_password_async
-from streaming import Document
+from backend.domain.errors import Invalid, NotFound, Throttled, Unauthenticated
+from backend.domain.passwords import DUMMY_HASH
+from streaming import ChangeEngine, Document
 from streaming.types import Clock
 
+ROLES = ("customer", "admin")
 THROTTLE_LIMIT = 10
+ADDRESS_LIMIT = 100
 THROTTLE_WINDOW_S = 60.0
 
 
@@ -42,44 +47,113 @@ def user_from_doc(doc: Document) -> User:
 
 
 class LoginThrottle:
-    """Counts failed logins per account and per client address over a sliding minute."""
+    """Failed sign-ins over a sliding window, so that nobody can lock an owner out:
 
-    def __init__(self, *, limit: int = THROTTLE_LIMIT, window: float = THROTTLE_WINDOW_S,
+    - per account *and* client address: ``limit`` failures, then 429 for that pair only;
+    - per client address, over every account: ``address_limit`` failures, then 429;
+    - per account, over every address: no lock, but each attempt past ``limit`` failures
+      waits a little longer (``backoff``: 0.25 s doubling to 2 s), which slows a spray
+      from many addresses without shutting the real owner out.
+
+    At most ``max_keys`` keys are kept; the least recently used go first.
+    """
+
+    def __init__(self, *, limit: int = THROTTLE_LIMIT, address_limit: int = ADDRESS_LIMIT,
+                 window: float = THROTTLE_WINDOW_S, max_keys: int = 100_000,
                  clock: Clock = time.monotonic) -> None:
-        self.limit, self.window, self._clock = limit, window, clock
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self.limit, self.address_limit, self.window = limit, address_limit, window
+        self.max_keys = max_keys
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
     def _recent(self, key: str) -> deque[float]:
-        entries = self._failures[key]
+        entries = self._failures.get(key)
+        if entries is None:
+            entries = self._failures[key] = deque()
+        self._failures.move_to_end(key)
         cutoff = self._clock() - self.window
         while entries and entries[0] < cutoff:
             entries.popleft()
         return entries
 
-    def check(self, *keys: str) -> None:
-        """Raise Throttled when any key has failed ``limit`` times within the window."""
-        for key in keys:
+    def check(self, email: str, client: str) -> float:
+        """Raise Throttled when this pair or this address failed too often; else the seconds
+        this attempt should wait first (0 unless the account is under a spray)."""
+        for key, limit in ((f"pair:{email}\0{client}", self.limit),
+                           (f"ip:{client}", self.address_limit)):
             entries = self._recent(key)
-            if len(entries) >= self.limit:
+            if len(entries) >= limit:
                 retry = max(1, round(entries[0] + self.window - self._clock()))
                 raise Throttled("too many failed sign-ins; try again later", retry_after=retry)
+        excess = len(self._recent(f"email:{email}")) - self.limit
+        return 0.0 if excess < 0 else min(2.0, 0.25 * 2 ** excess)
 
-    def fail(self, *keys: str) -> None:
+    def fail(self, email: str, client: str) -> None:
         now = self._clock()
-        for key in keys:
+        for key in (f"pair:{email}\0{client}", f"ip:{client}", f"email:{email}"):
             self._recent(key).append(now)
-        if len(self._failures) > 100_000:  # bounded memory under a spray of addresses
-            self._failures.clear()
+        while len(self._failures) > self.max_keys:  # bounded memory under a spray
+            self._failures.popitem(last=False)
+
+
+Verify = Callable[[str, str], Awaitable[bool]]
+Pause = Callable[[float], Awaitable[None]]
 
 
 async def authenticate(db: AsyncDatabase[Document], throttle: LoginThrottle, *, email: str,
-                       password: str, client: str) -> Document:
-    """The user document for these credentials (throttled per account and client address)."""
+                       password: str, client: str, verify: Verify,
+                       pause: Pause = asyncio.sleep) -> Document:
+    """The user document for these credentials (throttled, see ``LoginThrottle``).
+
+    ``verify(hash, password)`` checks a password (argon2, off the event loop) and
+    ``pause(seconds)`` waits out a backoff. An unknown email is checked against a dummy
+    hash: the answer takes as long as for a known one.
+    """
     email = email.strip().lower()
-    keys = (f"email:{email}", f"ip:{client}")
-    throttle.check(*keys)
-    doc = await db.users.find_one({"email": email})
-    if doc is None or not await verify_password_async(doc.get("password_hash", ""), password):
-        throttle.fail(*keys)
+    delay = throttle.check(email, client)
+    doc = await db.users.find_one({"email": email})  # the database first, then the waits
+    if delay:
+        await pause(delay)
+    known = doc is not None and bool(doc.get("password_hash"))
+    matches = await verify(doc["password_hash"] if doc is not None and known else DUMMY_HASH,
+                           password)
+    if doc is None or not known or not matches:
+        throttle.fail(email, client)
         raise Unauthenticated("wrong email or password")
     return doc
+
+
+SESSION_VERSION = "session_version"  # on the user: bumped to end every session of theirs
+SETTLE_S = 0.25
+
+
+def session_version(doc: Document | None) -> int:
+    """The user's current session version (0 when never bumped)."""
+    return int((doc or {}).get(SESSION_VERSION) or 0)
+
+
+async def end_sessions(db: AsyncDatabase[Document], engine: ChangeEngine, user_id: str, *,
+                       changes: Document | None = None) -> None:
+    """End every session of the user (sign-out, a new role, a new password), with
+    ``changes`` applied in the same update; returns once the engine has seen it, so the
+    next request of any of those sessions is refused and their sockets are closed."""
+    updated = await db.users.find_one_and_update(
+        {"_id": user_id}, {"$inc": {SESSION_VERSION: 1}, **({"$set": changes} if changes else {})},
+        return_document=ReturnDocument.AFTER)
+    if updated is None:
+        raise NotFound(f"no user {user_id!r}")
+    await engine.settle("users", user_id, updated, timeout=SETTLE_S)
+
+
+async def set_role(db: AsyncDatabase[Document], engine: ChangeEngine, user_id: str,
+                   role: str) -> None:
+    """Give the user ``role``; their sessions end (they sign in again with the new rights)."""
+    if role not in ROLES:
+        raise Invalid(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    await end_sessions(db, engine, user_id, changes={"role": role})
+
+
+async def set_password(db: AsyncDatabase[Document], engine: ChangeEngine, user_id: str,
+                       password_hash: str) -> None:
+    """Store a new password hash; every session of the user ends."""
+    await end_sessions(db, engine, user_id, changes={"password_hash": password_hash})

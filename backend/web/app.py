@@ -15,6 +15,7 @@ from starlette.staticfiles import StaticFiles
 from backend.domain import orders as order_ops
 from backend.domain import stock
 from backend.domain.analytics import LiveAnalytics
+from backend.domain.passwords import PasswordPool
 from backend.infra.database import Database, open_database
 from backend.infra.settings import Settings
 from backend.pipeline import PaymentGateway, Pipeline
@@ -27,6 +28,7 @@ from backend.web.http.security import GuardMiddleware
 from backend.web.live.json_socket import websocket_endpoint
 from backend.web.live.page_socket import live_endpoint
 from backend.web.live.renders import RenderCache
+from backend.web.live.session import end_revoked_sessions
 from backend.web.pages import routes as pages
 from backend.web.pages.templates import STATIC_DIR, make_templates
 from backend.web.state import STATE_KEY, AppState
@@ -62,8 +64,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/products", api.list_products, methods=["GET"]),
         Route("/api/products/{product_id}", api.get_product, methods=["GET"]),
         Route("/api/products/{product_id}/stock", api.put_stock, methods=["PUT"]),
-        Route("/api/orders", api.list_orders, methods=["GET"]),
-        Route("/api/orders", api.post_order, methods=["POST"]),
+        Route("/api/orders", api.Orders),
         Route("/api/orders/{order_id}", api.get_order, methods=["GET"]),
         Route("/api/orders/{order_id}/status", api.put_order_status, methods=["PUT"]),
         Route("/api/orders/{order_id}/audit", api.get_order_audit, methods=["GET"]),
@@ -132,12 +133,16 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
                     reconcile_after_s=settings.reconcile_after_s)
                 await pipeline.start()
                 stack.push_async_callback(pipeline.stop)
-            yield {STATE_KEY: AppState(settings=settings, database=db, engine=engine,
-                                       analytics=analytics, pipeline=pipeline,
-                                       templates=make_templates(), renders=RenderCache())}
+            passwords = PasswordPool()
+            stack.callback(passwords.close)
+            state = AppState(settings=settings, database=db, engine=engine,
+                             analytics=analytics, pipeline=pipeline, templates=make_templates(),
+                             renders=RenderCache(), passwords=passwords)
+            stack.callback(engine.listen(end_revoked_sessions(state)))
+            yield {STATE_KEY: state}
 
     middleware = [
-        Middleware(GuardMiddleware),
+        Middleware(GuardMiddleware, settings=settings),
         Middleware(SessionMiddleware, secret_key=settings.secret_key,
                    session_cookie="changecast_session", same_site="lax",
                    https_only=settings.secure_cookies, max_age=14 * 24 * 3600),

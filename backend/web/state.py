@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 from starlette.templating import Jinja2Templates
 
 from backend.domain.analytics import LiveAnalytics
+from backend.domain.passwords import PasswordPool
 from backend.domain.users import LoginThrottle
 from backend.infra.database import Database
 from backend.infra.settings import Settings
@@ -40,6 +41,7 @@ class AppState:
     templates: Jinja2Templates
     renders: RenderCache
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    passwords: PasswordPool = field(default_factory=PasswordPool)
     connections: set[Session] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
 

@@ -68,14 +68,14 @@ def test_compose_prometheus_scrapes_the_app_and_grafana_is_provisioned() -> None
     [job] = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"][0]["targets"] == ["app:8000"]
-    assert "8000:8000" in services["app"]["ports"]
+    assert "${CHANGECAST_PUBLISH:-127.0.0.1}:8000:8000" in services["app"]["ports"]
 
     assert container_path(grafana, "./deploy/grafana/provisioning") == "/etc/grafana/provisioning"
     sources = yaml.safe_load(
         (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
     [source] = sources["datasources"]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
-    assert "9090:9090" in prometheus["ports"]
+    assert "${CHANGECAST_PUBLISH:-127.0.0.1}:9090:9090" in prometheus["ports"]
     providers = yaml.safe_load(
         (ROOT / "deploy/grafana/provisioning/dashboards/changecast.yml").read_text())
     dashboards_path = providers["providers"][0]["options"]["path"]
@@ -114,3 +114,15 @@ async def test_grafana_queries_only_series_that_metrics_exports(nx_uri: str, tmp
     exported = {sample.name for family in text_string_to_metric_families(text)
                 for sample in family.samples}
     assert wanted <= exported, sorted(wanted - exported)
+
+
+def test_compose_publishes_on_loopback_only_and_names_the_hosts_it_answers() -> None:
+    # Demo mode has well-known passwords: published on every interface (as it was), anyone
+    # on the network could sign in as the admin. Prometheus reaches the app as "app".
+    services = load()["services"]
+    for name in ("app", "prometheus", "grafana"):
+        for mapping in services[name]["ports"]:
+            assert mapping.startswith("${CHANGECAST_PUBLISH:-127.0.0.1}:"), (name, mapping)
+    env = services["app"]["environment"]
+    assert "app" in env["CHANGECAST_ALLOWED_HOSTS"] and "localhost" in env["CHANGECAST_ALLOWED_HOSTS"]
+    assert env["CHANGECAST_DEMO_LOGIN"] == "${CHANGECAST_DEMO_LOGIN:-auto}"

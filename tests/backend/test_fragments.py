@@ -82,6 +82,13 @@ def test_fragments_dom_id_is_safe_for_html_and_css_selectors() -> None:
     assert dom_id("p", "a.b") != dom_id("p", "a_b")
 
 
+def test_fragments_dom_id_is_one_to_one() -> None:
+    # "_" is the escape character: left as is, "a b" and "a_20_b" both gave product-a_20_b.
+    assert dom_id("product", "a b") != dom_id("product", "a_20_b")
+    keys = ["a b", "a_20_b", "a_b", "a_5f_b", "_", "__", "a-b", "a.b", "é", "_e9_"]
+    assert len({dom_id("product", k) for k in keys}) == len(keys)
+
+
 def test_fragments_money_and_stock_levels() -> None:
     assert money(123456) == "$1,234.56" and money(5) == "$0.05" and money(None) == "—"
     assert stock_level({"stock": 0}) == "out"

@@ -15,15 +15,16 @@ from starlette.types import ASGIApp
 
 from backend.infra.settings import Settings
 from backend.web.app import create_app
+from backend.web.server import server_config
 from tests.conftest import free_port
 
 
 @contextlib.asynccontextmanager
-async def running(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve ``app`` until the block ends; yields its base URL."""
+async def running(app: ASGIApp, settings: Settings | None = None) -> AsyncIterator[str]:
+    """Serve ``app`` as ``changecast serve`` does (``server_config``) until the block ends;
+    yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
-                            ws="websockets-sansio", ws_per_message_deflate=False)
+    config = server_config(app, settings or Settings(), host="127.0.0.1", port=port)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
@@ -50,7 +51,7 @@ async def serve_site(nx_uri: str, data_dir: Path, *,
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(nx_uri, tz_aware=True)
     app = create_app(settings)
     try:
-        async with running(wrap(app) if wrap else app) as base:
+        async with running(wrap(app) if wrap else app, settings) as base:
             yield base, mongo[settings.db_name]
     finally:
         await mongo.close()

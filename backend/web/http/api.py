@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from typing import Any, TypeVar
 
 import msgspec
 from pymongo.asynchronous.database import AsyncDatabase
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -23,13 +24,14 @@ from backend.web.http.auth import (
     sign_in,
 )
 from backend.web.http.errors import ApiError
+from backend.web.http.security import MAX_BODY
 from backend.web.jsonio import JSON
 from backend.web.state import app_state
 from streaming import Document, Filter, compile_filter
 
 T = TypeVar("T")
-MAX_BODY = 64 * 1024
 MAX_LIMIT = 500
+MAX_CURSOR = 1_000_000_000
 PRODUCT_SORTS = {"_id", "name", "category", "price_cents", "stock", "updated_at"}
 ORDER_SORTS = {"_id", "created_at", "updated_at", "total_cents", "status", "user_id"}
 
@@ -82,8 +84,8 @@ def _paging(request: Request, sorts: set[str], default: str) -> tuple[int, int, 
         raise ApiError(400, "limit and cursor must be whole numbers") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise ApiError(400, f"limit must be 1..{MAX_LIMIT}, got {limit}")
-    if offset < 0:
-        raise ApiError(400, f"cursor must be >= 0, got {offset}")
+    if not 0 <= offset <= MAX_CURSOR:
+        raise ApiError(400, f"cursor must be 0..{MAX_CURSOR}, got {offset}")
     sort = params.get("sort", default)
     field, direction = (sort[1:], -1) if sort.startswith("-") else (sort, 1)
     if field not in sorts:
@@ -107,7 +109,7 @@ def _page(items: list[Any], seq: int, offset: int, limit: int, more: bool) -> Re
 async def list_products(request: Request) -> Response:
     """
     summary: List products (served from the change-coherent cache)
-    parameters: [{name: where, in: query, schema: {type: string}}, {name: limit, in: query, schema: {type: integer}}, {name: cursor, in: query, schema: {type: string}}, {name: sort, in: query, schema: {type: string}}]
+    parameters: [{name: where, in: query, schema: {type: string, maxLength: 1000}}, {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 100}}, {name: cursor, in: query, schema: {type: string, pattern: "^[0-9]{1,9}$"}}, {name: sort, in: query, schema: {type: string, enum: [_id, "-_id", name, "-name", category, "-category", price_cents, "-price_cents", stock, "-stock", updated_at, "-updated_at"]}}]
     responses: {200: {description: a page of products, headers: {X-Stream-Seq: {schema: {type: integer}}}}, 400: {description: bad where or paging}}
     """
     state = app_state(request)
@@ -157,7 +159,7 @@ async def put_stock(request: Request) -> Response:
     """
     summary: Set or shift a product's stock (admin)
     parameters: [{name: product_id, in: path, required: true, schema: {type: string}}]
-    requestBody: {required: true, content: {application/json: {schema: {type: object, properties: {stock: {type: integer}, delta: {type: integer}}}}}}
+    requestBody: {required: true, content: {application/json: {schema: {type: object, additionalProperties: false, oneOf: [{required: [stock]}, {required: [delta]}], properties: {stock: {type: integer, minimum: 0, maximum: 1000000000}, delta: {type: integer, minimum: -1000000000, maximum: 1000000000}}}}}}
     responses: {200: {description: the product}, 401: {description: not signed in}, 403: {description: not an admin}, 404: {description: no such product}, 409: {description: would go below 0}, 422: {description: invalid body}}
     """
     await require_admin(request)
@@ -171,21 +173,45 @@ async def put_stock(request: Request) -> Response:
 async def list_orders(request: Request) -> Response:
     """
     summary: List orders (customers see their own)
-    parameters: [{name: where, in: query, schema: {type: string}}, {name: limit, in: query, schema: {type: integer}}, {name: cursor, in: query, schema: {type: string}}, {name: sort, in: query, schema: {type: string}}]
+    parameters: [{name: where, in: query, schema: {type: string, maxLength: 1000}}, {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 100}}, {name: cursor, in: query, schema: {type: string, pattern: "^[0-9]{1,9}$"}}, {name: sort, in: query, schema: {type: string, enum: [_id, "-_id", created_at, "-created_at", updated_at, "-updated_at", total_cents, "-total_cents", status, "-status", user_id, "-user_id"]}}]
     responses: {200: {description: a page of orders, headers: {X-Stream-Seq: {schema: {type: integer}}}}, 400: {description: bad where or paging}, 401: {description: not signed in}}
     """
     user = await require_user(request)
     limit, offset, order = _paging(request, ORDER_SORTS, "-created_at")
     where = _where(request)
-    parts = [where.mongo] if where else []
-    if not user.is_admin:
-        parts.append({"user_id": user.id})
-    query = {"$and": parts} if parts else {}
     state = app_state(request)
+    own = {} if user.is_admin else {"user_id": user.id}
     seq = state.engine.seq
-    docs = await state.db.orders.find(query, state.engine.hidden_projection("orders")) \
-        .sort(order).skip(offset).limit(limit + 1).to_list()
+    projection = state.engine.hidden_projection("orders")
+    if where is not None and state.database.kind == "embedded":
+        # NX-27017 does not look into arrays for $in, $nin, $lt… nor treat a missing field
+        # as null for $ne: the engine's own predicate (MongoDB's rules, the same a live view
+        # uses) filters the sorted collection instead.
+        cursor = state.db.orders.find(own, projection).sort(order)
+        try:
+            docs = await _matching(cursor, where, offset, limit + 1)
+        finally:
+            await cursor.close()
+    else:
+        query = {"$and": [where.mongo, own]} if where is not None else own
+        docs = await state.db.orders.find(query, projection).sort(order).skip(offset) \
+            .limit(limit + 1).to_list()
     return _page(docs[:limit], seq, offset, limit, len(docs) > limit)
+
+
+async def _matching(cursor: AsyncIterable[Document], where: Filter, offset: int,
+                    count: int) -> list[Document]:
+    """Up to ``count`` documents of ``cursor`` that ``where`` matches, after ``offset``."""
+    found: list[Document] = []
+    async for doc in cursor:
+        if where.matches(doc):
+            if offset:
+                offset -= 1
+                continue
+            found.append(doc)
+            if len(found) == count:
+                break
+    return found
 
 
 async def visible_order(request: Request, order_id: str) -> tuple[User, Document]:
@@ -236,8 +262,8 @@ async def get_order_audit(request: Request) -> Response:
 async def post_order(request: Request) -> Response:
     """
     summary: Place an order (priced from the database)
-    requestBody: {required: true, content: {application/json: {schema: {type: object, required: [items], properties: {items: {type: array, items: {type: object, required: [product_id, quantity], properties: {product_id: {type: string}, quantity: {type: integer}}}}, user_id: {type: string}}}}}}
-    parameters: [{name: Idempotency-Key, in: header, required: false, schema: {type: string, maxLength: 64}, description: "retry-safe: the same key (per user) with the same items returns the order it placed (200, Idempotent-Replayed: true) instead of placing another"}]
+    requestBody: {required: true, content: {application/json: {schema: {type: object, additionalProperties: false, required: [items], properties: {items: {type: array, minItems: 1, maxItems: 50, items: {type: object, additionalProperties: false, required: [product_id, quantity], properties: {product_id: {type: string}, quantity: {type: integer, minimum: 1, maximum: 1000}}}}, user_id: {type: string}}}}}}
+    parameters: [{name: Idempotency-Key, in: header, required: false, schema: {type: string, pattern: "^[A-Za-z0-9._:-]{1,64}$"}, description: "retry-safe: the same key (per user) with the same items returns the order it placed (200, Idempotent-Replayed: true) instead of placing another"}]
     responses: {200: {description: a retry of an Idempotency-Key; the order it placed}, 201: {description: the pending order}, 401: {description: not signed in}, 422: {description: invalid items, or an Idempotency-Key already used for another order}}
     """
     user = await require_user(request)
@@ -262,7 +288,7 @@ async def put_order_status(request: Request) -> Response:
     """
     summary: Change an order's status (admin; customers may cancel their own before shipping)
     parameters: [{name: order_id, in: path, required: true, schema: {type: string}}]
-    requestBody: {required: true, content: {application/json: {schema: {type: object, required: [status], properties: {status: {type: string}}}}}}
+    requestBody: {required: true, content: {application/json: {schema: {type: object, additionalProperties: false, required: [status], properties: {status: {type: string, enum: [pending, reserved, paid, processing, shipped, delivered, rejected, payment_failed, cancelled]}}}}}}
     responses: {200: {description: the order}, 401: {description: not signed in}, 403: {description: not allowed}, 404: {description: no such order}, 409: {description: illegal transition}, 422: {description: invalid body}}
     """
     order_id = request.path_params["order_id"]
@@ -274,7 +300,7 @@ async def put_order_status(request: Request) -> Response:
 async def login(request: Request) -> Response:
     """
     summary: Sign in; sets the session cookie
-    requestBody: {required: true, content: {application/json: {schema: {type: object, required: [email, password], properties: {email: {type: string}, password: {type: string}}}}}}
+    requestBody: {required: true, content: {application/json: {schema: {type: object, additionalProperties: false, required: [email, password], properties: {email: {type: string}, password: {type: string}}}}}}
     responses: {200: {description: signed in}, 401: {description: bad credentials}, 429: {description: throttled}}
     """
     body = await read_body(request, LoginBody)
@@ -287,7 +313,7 @@ async def logout(request: Request) -> Response:
     summary: Sign out
     responses: {200: {description: signed out}}
     """
-    end_session(request)
+    await end_session(request)
     return JSON({"ok": True})
 
 
@@ -328,3 +354,10 @@ async def simulate_status_update(request: Request) -> Response:
     admin = await demo_admin(request)
     state = app_state(request)
     return JSON(await demo.status_update(state.db, state.engine, admin))
+
+
+class Orders(HTTPEndpoint):
+    """``/api/orders``: one route for both methods, so ``OPTIONS`` and a 405 name both."""
+
+    get = staticmethod(list_orders)
+    post = staticmethod(post_order)

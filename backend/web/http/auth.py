@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from typing import Any
 
 from starlette.requests import HTTPConnection
 
 from backend.domain import access
-from backend.domain.errors import Forbidden
-from backend.domain.users import User, authenticate, user_from_doc
+from backend.domain.errors import Forbidden, NotFound
+from backend.domain.users import User, authenticate, end_sessions, session_version, user_from_doc
+from backend.web.http.deadline import off_the_clock
 from backend.web.state import app_state
 from streaming import Document
 
@@ -17,30 +21,59 @@ async def sign_in(conn: HTTPConnection, email: str, password: str) -> User:
     """Check credentials (throttled per account and client address) and start a fresh session."""
     state = app_state(conn)
     client = conn.client.host if conn.client else "unknown"
+
+    async def verify(password_hash: str, candidate: str) -> bool:
+        return await off_the_clock(state.passwords.verify(password_hash, candidate))
+
+    async def pause(seconds: float) -> None:
+        await off_the_clock(asyncio.sleep(seconds))
+
     doc = await authenticate(state.db, state.throttle, email=email, password=password,
-                             client=client)
+                             client=client, verify=verify, pause=pause)
     return start_session(conn, doc)
 
 
 def start_session(conn: HTTPConnection, doc: Document) -> User:
-    """A fresh session for the user ``doc`` (never reuse the previous one)."""
+    """A fresh session for the user ``doc`` (never reuse the previous one). It is valid
+    while the user keeps this role and session version (see ``session_valid``)."""
+    user = user_from_doc(doc)
     conn.session.clear()
-    conn.session.update({"user_id": str(doc["_id"]), "at": int(time.time())})
-    return user_from_doc(doc)
+    conn.session.update({"user_id": user.id, "role": user.role, "sv": session_version(doc),
+                         "at": int(time.time())})
+    return user
 
 
-def end_session(conn: HTTPConnection) -> None:
-    """Sign out: the session forgets its user."""
+def session_valid(session: dict[str, Any], doc: Document | None) -> bool:
+    """Whether a session still stands for the user ``doc``: the user exists, has the role
+    the session was started with, and has not ended their sessions since."""
+    if doc is None:
+        return False
+    role = session.get("role")
+    if role is not None and role != doc.get("role", "customer"):
+        return False
+    return int(session.get("sv") or 0) == session_version(doc)
+
+
+async def end_session(conn: HTTPConnection) -> None:
+    """Sign out: this and every other session of the user end, server-side (a copy of
+    the cookie no longer works), and their open sockets close."""
+    user_id = conn.session.get("user_id") if "session" in conn.scope else None
     conn.session.clear()
+    if isinstance(user_id, str):
+        state = app_state(conn)
+        with contextlib.suppress(NotFound):
+            await end_sessions(state.db, state.engine, user_id)
 
 
 async def current_user(conn: HTTPConnection) -> User | None:
-    """The session's user, re-read through the engine cache (role changes apply at once)."""
-    user_id = conn.session.get("user_id") if "session" in conn.scope else None
+    """The session's user, re-read through the engine cache (role changes apply at once);
+    None when the session has ended."""
+    session = conn.session if "session" in conn.scope else {}
+    user_id = session.get("user_id")
     if not isinstance(user_id, str):
         return None
     doc = await app_state(conn).engine.get("users", user_id)
-    if doc is None:
+    if doc is None or not session_valid(session, doc):
         return None
     return user_from_doc(doc)
 

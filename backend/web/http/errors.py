@@ -20,6 +20,7 @@ from backend.domain.errors import (
     Unauthenticated,
 )
 from backend.web.jsonio import JSON
+from backend.web.state import app_state
 from streaming import BreakerOpenError, FilterError
 
 logger = logging.getLogger("changecast.errors")
@@ -99,6 +100,9 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 async def database_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, PyMongoError) and is_unavailable(exc):
+        # The database itself failed or timed out: that, and only that, moves the breaker.
+        app_state(request).engine.record_outcome(ok=False)
     if is_unavailable(exc):
         return unavailable_response(exc.retry_after if isinstance(exc, BreakerOpenError)
                                     else 1.0)
@@ -106,6 +110,13 @@ async def database_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "database_error", "the database rejected the operation")
 
 
+async def server_error(request: Request, exc: Exception) -> Response:
+    """Anything unforeseen: the JSON error shape, never a traceback (it goes to the log)."""
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal", "the server failed on this request")
+
+
 HANDLERS = {ApiError: client_error, DomainError: client_error, HTTPException: http_error,
             FilterError: filter_error, BreakerOpenError: database_error,
-            PyMongoError: database_error, TimeoutError: database_error}
+            PyMongoError: database_error, TimeoutError: database_error,
+            Exception: server_error}

@@ -8,6 +8,7 @@ it costs no database read per change.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -16,12 +17,11 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from backend.domain.access import subscription_rule
-from backend.domain.users import User
 from backend.web.http.auth import current_user
 from backend.web.jsonio import dumps
-from backend.web.live.session import Session
+from backend.web.live.session import SESSION_ENDED, Session
 from backend.web.state import app_state
-from streaming import Delivery, FilterError, Subscriber, SubscriptionError, compile_filter
+from streaming import Delivery, FilterError, SubscriptionError, compile_filter
 
 logger = logging.getLogger("changecast.ws")
 
@@ -37,11 +37,7 @@ def _error(code: str, message: str, sub_id: Any = None) -> dict[str, Any]:
 class Connection(Session):
     """One ``/ws`` client (the JSON contract)."""
 
-    def __init__(self, websocket: WebSocket, subscriber: Subscriber, user: User | None) -> None:
-        super().__init__(websocket, subscriber)
-        self.user = user
-
-    def _handle(self, raw: str) -> None:
+    async def _handle(self, raw: str) -> None:
         if len(raw) > MAX_MESSAGE:
             self.subscriber.send_control(_error("too_large", f"messages are limited to {MAX_MESSAGE} bytes"))
             return
@@ -57,7 +53,7 @@ class Connection(Session):
         if op == "ping":
             self.subscriber.send_control({"type": "pong", "seq": self.engine.seq})
         elif op == "subscribe":
-            self._subscribe(msg)
+            await self._subscribe(msg)
         elif op == "unsubscribe":
             sub_id = msg.get("id")
             if not self.subscriber.unsubscribe(str(sub_id)):
@@ -69,7 +65,7 @@ class Connection(Session):
             self.subscriber.send_control(_error(
                 "bad_request", f"unknown op {op!r}; expected subscribe, unsubscribe or ping"))
 
-    def _subscribe(self, msg: dict[str, Any]) -> None:
+    async def _subscribe(self, msg: dict[str, Any]) -> None:
         sub_id, collection = msg.get("id"), msg.get("collection")
         where, resume_from = msg.get("where"), msg.get("resume_from")
         if not isinstance(sub_id, str) or not 1 <= len(sub_id) <= 64:
@@ -90,6 +86,12 @@ class Connection(Session):
                 "unknown_collection", f"unknown collection {collection!r}; expected one of "
                 f"{', '.join(self.engine.collections)}", sub_id))
             return
+        # Rights as of now, not as of the handshake: a role may have changed since.
+        user = await current_user(self.websocket)
+        if self.user is not None and user is None:
+            await self.close(SESSION_ENDED, "session ended")
+            return
+        self.user = user
         allowed, restriction = subscription_rule(self.user, collection)
         if not allowed:
             code = "unauthorized" if self.user is None else "forbidden"
@@ -114,6 +116,12 @@ class Connection(Session):
                 await self.websocket.send_text(self._encode(delivery))
                 if delivery.event is not None:
                     self.engine.observe_delivery(delivery.event.at, now)
+
+    async def _watch(self) -> None:
+        """A socket that never subscribes is closed after ``idle_socket_s``."""
+        await asyncio.sleep(self.state.settings.idle_socket_s)
+        if not self.subscriber.subscriptions:
+            await self.close(SESSION_ENDED, "no subscription; connect again when you need one")
 
     @staticmethod
     def _encode(delivery: Delivery) -> str:

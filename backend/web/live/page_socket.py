@@ -41,7 +41,7 @@ class LiveConnection(Session):
     """One page's socket: subscriptions from its view, frames of fragments out."""
 
     def __init__(self, websocket: WebSocket, view: View, subscriber: Subscriber) -> None:
-        super().__init__(websocket, subscriber)
+        super().__init__(websocket, subscriber, view.user)
         self.view = view
         self.fragments = view.fragments
         self.renders = self.state.renders
@@ -63,7 +63,7 @@ class LiveConnection(Session):
 
     # ---- client → server -------------------------------------------------------------------
 
-    def _handle(self, raw: str) -> None:
+    async def _handle(self, raw: str) -> None:
         """The admin's status filter arrives here (htmx ``ws-send`` of the filter form)."""
         try:
             if len(raw) > MAX_CLIENT_MESSAGE:

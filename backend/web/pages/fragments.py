@@ -32,11 +32,13 @@ STATUS_LABELS = {
 }
 NEXT_LABELS = {"processing": "Start processing", "shipped": "Mark shipped",
                "delivered": "Mark delivered"}
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# "_" is escaped too: it is the escape character, so no two keys give one id.
+_UNSAFE = re.compile(r"[^A-Za-z0-9-]")
 
 
 def dom_id(prefix: str, key: Any) -> str:
-    """An element id for ``key`` that is safe in HTML and in CSS selectors."""
+    """An element id for ``key`` that is safe in HTML and in CSS selectors, one-to-one:
+    every character but letters, digits and ``-`` becomes ``_<hex>_``."""
     return prefix + "-" + _UNSAFE.sub(lambda m: f"_{ord(m.group()):x}_", str(key))
 
 

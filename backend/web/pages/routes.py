@@ -27,11 +27,11 @@ from backend.web.http.auth import (
     demo_admin,
     end_session,
     require_admin,
-    require_user,
     sign_in,
     start_session,
 )
 from backend.web.http.errors import CLIENT_ERRORS, ApiError, status_of
+from backend.web.http.security import is_loopback
 from backend.web.pages.templates import make_fragments
 from backend.web.pages.views import VIEWS
 from backend.web.state import app_state
@@ -47,10 +47,20 @@ def _html(text: str, status: int = 200, headers: dict[str, str] | None = None) -
 
 # ---- sign-in ---------------------------------------------------------------------------------
 
+def demo_login_offered(request: Request) -> bool:
+    """One-click sign-in (no password) is a demo convenience for whoever sits at this
+    machine: offered in demo mode to loopback clients, or to all with CHANGECAST_DEMO_LOGIN=on."""
+    settings = app_state(request).settings
+    if not settings.demo or settings.demo_login == "off":
+        return False
+    return settings.demo_login == "on" or is_loopback(request.client.host if request.client
+                                                      else None)
+
+
 async def _login_context(request: Request) -> dict[str, Any]:
     demo_users: list[Document] = []
     state = app_state(request)
-    if state.settings.demo:
+    if demo_login_offered(request):
         demo_users = await state.db.users.find(
             {}, {"_id": 0, "email": 1, "name": 1, "role": 1}).sort([("role", 1), ("email", 1)]) \
             .to_list()
@@ -82,8 +92,9 @@ async def login_form(request: Request) -> Response:
 async def login_demo(request: Request) -> Response:
     """Demo mode only: one click signs in as the chosen seeded user, no password."""
     state = app_state(request)
-    if not state.settings.demo:
-        raise Forbidden("one-click sign-in is only available in demo mode")
+    if not demo_login_offered(request):
+        raise Forbidden("one-click sign-in is only offered in demo mode, to this machine "
+                        "(CHANGECAST_DEMO_LOGIN=on offers it to everyone)")
     form = await _form(request)
     email = str(form.get("email", "")).strip().lower()
     doc = await state.db.users.find_one({"email": email})
@@ -93,7 +104,7 @@ async def login_demo(request: Request) -> Response:
 
 
 async def logout_form(request: Request) -> Response:
-    end_session(request)
+    await end_session(request)
     return RedirectResponse("/login", status_code=303)
 
 
@@ -176,8 +187,14 @@ def _short_of_stock(product: Document, wanted: int) -> str | None:
     return None
 
 
+def to_sign_in() -> Response:
+    """What an htmx action answers a signed-out user: go to the sign-in page."""
+    return Response(status_code=401, headers={"HX-Redirect": "/login"})
+
+
 async def cart_add(request: Request) -> Response:
-    await require_user(request)
+    if await current_user(request) is None:
+        return to_sign_in()
     form = await _form(request)
     cart = _cart(request)
     try:
@@ -202,7 +219,8 @@ async def cart_add(request: Request) -> Response:
 
 
 async def cart_remove(request: Request) -> Response:
-    await require_user(request)
+    if await current_user(request) is None:
+        return to_sign_in()
     form = await _form(request)
     cart = _cart(request)
     cart.pop(str(form.get("product_id", "")), None)
@@ -211,7 +229,9 @@ async def cart_remove(request: Request) -> Response:
 
 
 async def checkout(request: Request) -> Response:
-    user = await require_user(request)
+    user = await current_user(request)
+    if user is None:
+        return to_sign_in()
     cart = _cart(request)
     state = app_state(request)
     try:
@@ -255,7 +275,7 @@ def action(handler: Callable[[Request], Awaitable[str | None]]) \
         except CLIENT_ERRORS as exc:
             status = status_of(exc)
             if status == 401:
-                return Response(status_code=401, headers={"HX-Redirect": "/login"})
+                return to_sign_in()
             return toast_response(request, exc.message, "error", status)
         if done is None:
             return Response(status_code=204)

@@ -1,0 +1,79 @@
+"""How uvicorn serves the app: one configuration for ``changecast serve`` and the tests.
+
+Beyond uvicorn's defaults: a deadline for a request's headers (uvicorn has none, so a
+client sending one byte a minute held a connection for ever), a cap on connections, no
+trust in ``X-Forwarded-*`` unless proxies are named, small WebSocket frames without
+per-message deflate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from backend.infra.settings import Settings
+
+# The protocol's own frame limit, a backstop above the sockets' 64 KiB message limit, so
+# that an oversized message gets an error frame and the connection stays.
+WS_MAX_SIZE = 256 * 1024
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing a connection whose request headers do not
+    arrive within ``header_timeout`` seconds (slowloris)."""
+
+    header_timeout = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        self.transport.close()
+
+
+def server_config(app: ASGIApp, settings: Settings, *, host: str | None = None,
+                  port: int | None = None) -> uvicorn.Config:
+    """The uvicorn configuration ChangeCast runs with."""
+    protocol = type("HeaderDeadline", (HeaderDeadlineProtocol,),
+                    {"header_timeout": settings.header_timeout_s})
+    return uvicorn.Config(
+        app, host=host or settings.host, port=port or settings.port, log_config=None,
+        lifespan="on", http=protocol, ws="websockets-sansio", ws_max_size=WS_MAX_SIZE,
+        # Frames are small JSON or HTML: per-message deflate would cost ~45 KiB of zlib
+        # state per connection and CPU per frame for little gain.
+        ws_per_message_deflate=False,
+        # X-Forwarded-For only from the proxies named (uvicorn trusts loopback by default,
+        # and anyone on this machine could then choose the client address the login
+        # throttle sees).
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
+        limit_concurrency=settings.max_connections, timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,
+    )
