@@ -109,7 +109,7 @@ def _page(items: list[Any], seq: int, offset: int, limit: int, more: bool) -> Re
 async def list_products(request: Request) -> Response:
     """
     summary: List products (served from the change-coherent cache)
-    parameters: [{name: where, in: query, schema: {type: string, maxLength: 1000}}, {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 100}}, {name: cursor, in: query, schema: {type: string, pattern: "^[0-9]{1,9}$"}}, {name: sort, in: query, schema: {type: string, enum: [_id, "-_id", name, "-name", category, "-category", price_cents, "-price_cents", stock, "-stock", updated_at, "-updated_at"]}}]
+    parameters: [{name: where, in: query, schema: {type: string, maxLength: 1000}}, {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 100}}, {name: cursor, in: query, schema: {type: string, pattern: "^[0-9]{0,9}$"}}, {name: sort, in: query, schema: {type: string, enum: [_id, "-_id", name, "-name", category, "-category", price_cents, "-price_cents", stock, "-stock", updated_at, "-updated_at"]}}]
     responses: {200: {description: a page of products, headers: {X-Stream-Seq: {schema: {type: integer}}}}, 400: {description: bad where or paging}}
     """
     state = app_state(request)
@@ -173,7 +173,7 @@ async def put_stock(request: Request) -> Response:
 async def list_orders(request: Request) -> Response:
     """
     summary: List orders (customers see their own)
-    parameters: [{name: where, in: query, schema: {type: string, maxLength: 1000}}, {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 100}}, {name: cursor, in: query, schema: {type: string, pattern: "^[0-9]{1,9}$"}}, {name: sort, in: query, schema: {type: string, enum: [_id, "-_id", created_at, "-created_at", updated_at, "-updated_at", total_cents, "-total_cents", status, "-status", user_id, "-user_id"]}}]
+    parameters: [{name: where, in: query, schema: {type: string, maxLength: 1000}}, {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 100}}, {name: cursor, in: query, schema: {type: string, pattern: "^[0-9]{0,9}$"}}, {name: sort, in: query, schema: {type: string, enum: [_id, "-_id", created_at, "-created_at", updated_at, "-updated_at", total_cents, "-total_cents", status, "-status", user_id, "-user_id"]}}]
     responses: {200: {description: a page of orders, headers: {X-Stream-Seq: {schema: {type: integer}}}}, 400: {description: bad where or paging}, 401: {description: not signed in}}
     """
     user = await require_user(request)
