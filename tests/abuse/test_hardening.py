@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from starlette.types import ASGIApp, Receive, Scope, Send
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -23,8 +22,7 @@ from backend.domain.passwords import hash_password
 from backend.domain.users import set_password, set_role
 from backend.infra.embedded import EmbeddedServer
 from backend.infra.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings
-from backend.web.state import STATE_KEY, AppState
-from tests.support.server import serve_site
+from tests.support.server import Captured, serve_captured
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120),
               pytest.mark.integration]
@@ -32,25 +30,8 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)
 ADMIN, A, B = "admin@example.com", "customer01@example.com", "customer02@example.com"
 
 
-class Capture:
-    """In front of the app: keeps the lifespan state (to reach the engine)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.state: dict[str, Any] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            self.state = scope["state"]
-        await self.app(scope, receive, send)
-
-    @property
-    def app_state(self) -> AppState:
-        return self.state[STATE_KEY]  # type: ignore[no-any-return]
-
-
 class Site:
-    def __init__(self, base: str, db: Any, front: Capture) -> None:
+    def __init__(self, base: str, db: Any, front: Captured) -> None:
         self.base, self.db, self.front = base, db, front
         self.host, self.port = base.removeprefix("http://").split(":")
 
@@ -88,18 +69,10 @@ def status_of(head: bytes) -> int:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def site(nx_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
-    front: Capture | None = None
-
-    def wrap(app: ASGIApp) -> ASGIApp:
-        nonlocal front
-        front = Capture(app)
-        return front
-
-    async with serve_site(nx_uri, tmp_path_factory.mktemp("hardening"), wrap=wrap,
+    async with serve_captured(nx_uri, tmp_path_factory.mktemp("hardening"),
                           pipeline_enabled=False, body_timeout_s=1.0, header_timeout_s=1.0,
                           idle_socket_s=1.0, forwarded_allow_ips="127.0.0.1",
-                          max_connections_per_client=60) as (base, db):
-        assert front is not None
+                          max_connections_per_client=60) as (base, db, front):
         yield Site(base, db, front)
 
 

@@ -6,15 +6,14 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.web.state import STATE_KEY, AppState
-from tests.support.server import serve_site
+from tests.support.server import Captured, serve_site
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -41,23 +40,17 @@ class Site:
                 and c.view.user.email == email]
 
 
-class Front:
+class Front(Captured):
     """In front of the app: keeps the lifespan state (the dict every request sees), can
     refuse the pages' socket handshakes for a while, like a proxy that lost the backend, and
     can cut the pages' open sockets silently, like a network that died without a word."""
 
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.state: dict[str, Any] = {}
+        super().__init__(app)
         self.refuse_live = False
         self.refused = 0
         self._open: set[object] = set()
         self._muted: set[object] = set()
-
-    @property
-    def app_state(self) -> AppState:
-        """The app's shared state, as its lifespan built it."""
-        return cast(AppState, self.state[STATE_KEY])
 
     def mute_live(self) -> int:
         """From now on nothing the server sends on the pages' open sockets arrives (the

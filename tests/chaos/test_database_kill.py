@@ -10,6 +10,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -26,22 +27,22 @@ ORDERS = 150
 STOCK_WRITES = 3_900
 
 
-def nx_child(app: AppProcess) -> tuple[int, int]:
-    """(pid, port) of the app's embedded database process."""
+def nx_child(app: AppProcess) -> tuple[int, str]:
+    """(pid, URI) of the app's embedded database process (it listens on a Unix socket)."""
     assert app.proc is not None
     for pid in children_of(app.proc.pid):
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         if b"backend.infra.nxserver" in args:
-            return pid, int(args[args.index(b"--port") + 1])
+            path = args[args.index(b"--unix-socket") + 1].decode()
+            return pid, f"mongodb://{quote(path, safe='')}/?directConnection=true"
     raise AssertionError("no embedded database process")
 
 
 async def test_kill_9_of_the_database_under_load_loses_and_repeats_nothing(tmp_path: Path) -> None:
     env = app_env(CHANGECAST_RECONCILE_AFTER_S="3", CHANGECAST_PAYMENT_LATENCY_MS="20-80")
     app = await asyncio.to_thread(AppProcess, env, tmp_path)
-    nx_pid, nx_port = nx_child(app)
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        f"mongodb://127.0.0.1:{nx_port}/?directConnection=true", tz_aware=True)
+    nx_pid, nx_uri = nx_child(app)
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(nx_uri, tz_aware=True)
     db = mongo["changecast"]
     async with asyncio.timeout(30):  # seeded orders the pipeline picks up at start move stock
         while await db.orders.count_documents(UNFINISHED):

@@ -7,16 +7,50 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from pymongo import AsyncMongoClient
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend.infra.settings import Settings
 from backend.web.app import create_app
 from backend.web.server import server_config
+from backend.web.state import STATE_KEY, AppState
 from tests.conftest import free_port
+
+
+class Captured:
+    """In front of the app: keeps the lifespan state (the dict every request sees), so a
+    test can reach the app's engine and database as the app does."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+
+    @property
+    def app_state(self) -> AppState:
+        """The app's shared state, as its lifespan built it."""
+        return cast(AppState, self.state[STATE_KEY])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            self.state = scope["state"]
+        await self.app(scope, receive, send)
+
+
+@contextlib.asynccontextmanager
+async def serve_captured(nx_uri: str, data_dir: Path, **overrides: Any
+                         ) -> AsyncIterator[tuple[str, Any, Captured]]:
+    """``serve_site`` with the app behind a ``Captured``: (base URL, database, capture)."""
+    captured: list[Captured] = []
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        captured.append(Captured(app))
+        return captured[0]
+
+    async with serve_site(nx_uri, data_dir, wrap=wrap, **overrides) as (base, db):
+        yield base, db, captured[0]
 
 
 @contextlib.asynccontextmanager
