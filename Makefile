@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck bench chromium clean vendor screenshots
+.PHONY: run test test-mongodb lint typecheck bench chromium clean vendor screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ test: $(STAMP) chromium
 	$(BIN)/ruff check backend streaming seed tests bench loadtest
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The same suite against a MongoDB replica set: CHANGECAST_TEST_MONGODB_URI=mongodb://...
+# Tests that need the embedded server itself are skipped, each saying why.
+test-mongodb: $(STAMP)
+	@test -n "$$CHANGECAST_TEST_MONGODB_URI" || { \
+		echo "make test-mongodb: set CHANGECAST_TEST_MONGODB_URI to a replica set's URI" >&2; exit 2; }
+	$(BIN)/pytest -rs tests/integration tests/backend tests/chaos tests/abuse tests/pipeline tests/domain
 
 lint: $(STAMP)
 	$(BIN)/ruff check backend streaming seed tests bench loadtest

@@ -22,6 +22,7 @@ from streaming.types import Document, OverflowPolicy
 from streaming.watcher import (
     CheckpointStore,
     CollectionWatcher,
+    FullDocument,
     WatcherStats,
     WatchMode,
     WatchOptions,
@@ -85,7 +86,8 @@ class ChangeEngine:
                  checkpoints: CheckpointStore | None = None,
                  breaker: CircuitBreaker | None = None, idle_interval: float = 0.025,
                  backoff_max: float = 5.0,
-                 hidden: Mapping[str, Iterable[str]] | None = None) -> None:
+                 hidden: Mapping[str, Iterable[str]] | None = None,
+                 full_document: FullDocument = "updateLookup") -> None:
         self.database = database
         self.collections = tuple(collections)
         # Top-level fields that never leave the database through the engine: not cached,
@@ -98,7 +100,8 @@ class ChangeEngine:
         self.cache = DocumentCache(maxsize=cache_size, loader=self._load, breaker=self.breaker)
         self.hub = Hub(collections=self.collections, buffer_size=buffer_size,
                        queue_size=queue_size, policy=policy, metrics=self.metrics)
-        options = WatchOptions(mode=mode, idle_interval=idle_interval, backoff_max=backoff_max)
+        options = WatchOptions(mode=mode, idle_interval=idle_interval, backoff_max=backoff_max,
+                               full_document=full_document)
         self.watchers = {
             name: CollectionWatcher(
                 database[name], handler=self._handle, on_history_lost=self._history_lost,

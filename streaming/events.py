@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -126,6 +127,66 @@ def changes_from_description(description: Document, doc: Document | None) -> Cha
     return Changes(changed, removed)
 
 
+def apply_changes(doc: Document, changes: Changes) -> Document:
+    """``doc`` with ``changes`` applied (a copy): each ``set`` path written, each ``unset``
+    removed; numeric parts index into arrays."""
+    result = copy.deepcopy(doc)
+    for path, value in changes.set.items():
+        *parents, last = path.split(".")
+        target: Any = result
+        for part in parents:
+            nxt = _child(target, part)
+            if nxt is _MISSING or not isinstance(nxt, dict | list):
+                nxt = {}
+                _put(target, part, nxt)
+            target = nxt
+        _put(target, last, copy.deepcopy(value))
+    for path in changes.unset:
+        *parents, last = path.split(".")
+        target = result
+        for part in parents:
+            target = _child(target, part)
+            if target is _MISSING:
+                break
+        else:
+            if isinstance(target, dict):
+                target.pop(last, None)
+    return result
+
+
+def _truncated(doc: Document, entries: Any) -> Document:
+    """``doc`` with the arrays of ``truncatedArrays`` cut to their ``newSize``."""
+    if not entries:
+        return doc
+    result = copy.deepcopy(doc)
+    for entry in entries:
+        *parents, last = str(entry["field"]).split(".")
+        target: Any = result
+        for part in parents:
+            target = _child(target, part)
+        value = _child(target, last)
+        if isinstance(value, list):
+            del value[int(entry.get("newSize", len(value))):]
+    return result
+
+
+def _child(container: Any, part: str) -> Any:
+    if isinstance(container, dict):
+        return container.get(part, _MISSING)
+    if isinstance(container, list) and part.isdigit() and int(part) < len(container):
+        return container[int(part)]
+    return _MISSING
+
+
+def _put(container: Any, part: str, value: Any) -> None:
+    if isinstance(container, list) and part.isdigit():
+        index = int(part)
+        container.extend([None] * (index + 1 - len(container)))
+        container[index] = value
+    elif isinstance(container, dict):
+        container[part] = value
+
+
 def get_path(doc: Document | None, path: str) -> Any:
     """The value at a dotted ``path`` in ``doc``, or None when absent."""
     current: Any = doc
@@ -234,9 +295,21 @@ def normalize(raw: Document, *, previous: Callable[[Any], Document | None],
         before = before if before is not None else doc
         doc = None
     else:
+        description = raw.get("updateDescription")
+        if op == "update" and description and before is not None:
+            # The server said exactly what changed: this change's version is the previous
+            # one with it applied. ``fullDocument`` may be a later version (updateLookup
+            # reads the document when the event is sent: two quick updates can both carry
+            # the second), or missing (a post-image that expired).
+            description = decode(description)
+            fields = Changes(dict(description.get("updatedFields") or {}),
+                             tuple(description.get("removedFields") or ())).without(hidden)
+            doc = apply_changes(_truncated(before, description.get("truncatedArrays") or ()),
+                                fields)
+            changes = changes_from_description(description, doc).without(hidden)
+            return Normalized(op, key, doc, before, changes, event_ms(raw), raw.get("_id"))
         if doc is None:
             return None  # deleted before the lookup; the delete event follows
-        description = raw.get("updateDescription")
         if op == "update" and description:
             changes = changes_from_description(decode(description), doc).without(hidden)
         elif op != "insert":

@@ -30,6 +30,7 @@ from streaming.types import Clock, Document
 logger = logging.getLogger("streaming.watcher")
 
 WatchMode = Literal["poll", "await"]
+FullDocument = Literal["updateLookup", "whenAvailable"]
 
 # Server error codes after which a stream cannot resume from its token.
 HISTORY_LOST_CODES = frozenset({
@@ -156,6 +157,12 @@ class WatchOptions:
     backoff_max: float = 5.0
     checkpoint_interval: float = 0.25  # at most one token write per this many seconds
     stall_after: float = 3.0  # poll mode: silence after our own writes means a dead stream
+    # "whenAvailable" reads each update's post-image (MongoDB >= 6 with
+    # changeStreamPreAndPostImages on): the version of that very change.
+    full_document: FullDocument = "updateLookup"
+    # An idle stream's resume token still advances (postBatchResumeToken): saved at most
+    # this often, so a quiet collection's checkpoint never falls behind the oplog.
+    idle_checkpoint_interval: float = 5.0
 
     def __post_init__(self) -> None:
         if self.idle_interval <= 0 or self.idle_interval > 1:
@@ -178,6 +185,7 @@ class WatcherStats:
     lag_ms: int | None
     last_change_at: int | None
     last_batch: int
+    checkpoint_age_s: float | None  # since the resume token was last saved
 
 
 class CollectionWatcher:
@@ -216,6 +224,7 @@ class CollectionWatcher:
         self.foreign_changes = 0  # changes of another namespace (the stream is reopened)
         self._saved_token: Any = None
         self._saved_at = 0.0
+        self._unsaved_change = False
         self._nudged = asyncio.Event()
         full_name = getattr(collection, "full_name", None)
         self._db_name = full_name.split(".", 1)[0] if isinstance(full_name, str) else None
@@ -327,7 +336,7 @@ class CollectionWatcher:
             self.on_history_lost(self.name, reason)  # the open stream goes on from here
 
     async def _open(self) -> Any:
-        kwargs: dict[str, Any] = {"full_document": "updateLookup"}
+        kwargs: dict[str, Any] = {"full_document": self.options.full_document}
         if self.mode == "await":
             kwargs["max_await_time_ms"] = self.options.max_await_ms
         token = self.token
@@ -359,7 +368,7 @@ class CollectionWatcher:
                     if gap is not None:
                         self._lose_history(gap, reopening=False)
                 self.token = stream.resume_token or self.token
-                await self._checkpoint()
+                await self._checkpoint(idle=True)
                 if self.mode == "poll":
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._nudged.wait(), self.options.idle_interval)
@@ -379,6 +388,7 @@ class CollectionWatcher:
                 self.last_event_ms = at
             # The token moves only after the hand-off: delivery is at-least-once.
             self.token = change.get("_id", stream.resume_token)
+            self._unsaved_change = True
             await self._checkpoint()
 
     def _check_namespace(self, change: Document) -> None:
@@ -400,15 +410,18 @@ class CollectionWatcher:
         raise HistoryLost(f"the stream on {self.name} delivered a change of {db}.{coll}; "
                           "its cursor belongs to another stream now")
 
-    async def _checkpoint(self, *, force: bool = False) -> None:
+    async def _checkpoint(self, *, force: bool = False, idle: bool = False) -> None:
         if self.checkpoints is None or self.token is None or self.token == self._saved_token:
             return
         now = self._clock()
-        if not force and now - self._saved_at < self.options.checkpoint_interval:
+        interval = self.options.idle_checkpoint_interval if idle and not self._unsaved_change \
+            else self.options.checkpoint_interval
+        if not force and now - self._saved_at < interval:
             return
         token = self.token
         await self.checkpoints.save(self.name, token)
         self._saved_token, self._saved_at = token, now
+        self._unsaved_change = False
 
     def stats(self) -> WatcherStats:
         """State, reconnects, history losses, lag and the size of the last batch."""
@@ -417,4 +430,5 @@ class CollectionWatcher:
             history_losses=self.history_losses, errors=self.errors, stalls=self.stalls,
             cursor_ends=self.cursor_ends, foreign_changes=self.foreign_changes,
             last_error=self.last_error, lag_ms=self.lag_ms(), last_change_at=self.last_event_ms,
-            last_batch=self.last_batch)
+            last_batch=self.last_batch,
+            checkpoint_age_s=round(self._clock() - self._saved_at, 3) if self._saved_at else None)

@@ -1,4 +1,9 @@
-"""Shared fixtures: one embedded NX-27017 server per test session, a fresh database per test."""
+"""Shared fixtures: one database server per test session, a fresh database per test.
+
+The server is an embedded NX-27017 started here, or, with ``CHANGECAST_TEST_MONGODB_URI``,
+any MongoDB replica set (``make test-mongodb``): then the tests marked ``embedded_only``
+(they start, kill or restart the server, or exercise one of its quirks) are skipped.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,18 @@ import pytest
 from pymongo import AsyncMongoClient, MongoClient
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_MONGODB_URI = os.environ.get("CHANGECAST_TEST_MONGODB_URI") or None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Against a given replica set, skip what needs the embedded server, saying why."""
+    if TEST_MONGODB_URI is None:
+        return
+    for item in items:
+        marker = item.get_closest_marker("embedded_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"needs the embedded server: {reason}"))
 
 
 def free_port() -> int:
@@ -53,7 +70,11 @@ def start_nx(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
 
 @pytest.fixture(scope="session")
 def nx_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URI of a session-wide embedded server (tests use their own database names)."""
+    """URI of the session's database server (tests use their own database names): the one
+    ``CHANGECAST_TEST_MONGODB_URI`` names, else an embedded server started here."""
+    if TEST_MONGODB_URI is not None:
+        yield TEST_MONGODB_URI
+        return
     port = free_port()
     proc = start_nx(tmp_path_factory.mktemp("nx"), port)
     yield f"mongodb://127.0.0.1:{port}/?directConnection=true"

@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReadPreference, WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from backend.infra.embedded import EmbeddedError, EmbeddedServer
 from backend.infra.settings import Settings
-from streaming import Document
+from streaming import DEFAULT_COLLECTIONS, Document
 
 logger = logging.getLogger("changecast.database")
 
@@ -30,6 +30,20 @@ class DatabaseError(RuntimeError):
     """The database cannot be used; the message says why and what to do."""
 
 
+@dataclass(frozen=True, slots=True)
+class ServerFeatures:
+    """What the server offers that ChangeCast uses when it can."""
+
+    version: tuple[int, ...]
+    # Change-stream post-images (MongoDB >= 6 on a replica set): each update event carries
+    # the version of that change, not one looked up later.
+    post_images: bool
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version)) or "unknown"
+
+
 @dataclass(slots=True)
 class Database:
     """The client, the application database and facts about the server."""
@@ -39,6 +53,7 @@ class Database:
     kind: BackendKind
     instance_id: str
     embedded: EmbeddedServer | None = None
+    features: ServerFeatures = ServerFeatures((), post_images=False)
 
     async def ping(self, timeout: float = 1.0) -> bool:
         """True when the server answers ``ping`` within ``timeout`` seconds."""
@@ -83,6 +98,25 @@ async def detect_kind(client: AsyncMongoClient[Document]) -> BackendKind:
     if build.get("process") == "nx_27017":
         return "embedded"
     return "standalone"
+
+
+async def detect_features(client: AsyncMongoClient[Document], kind: BackendKind
+                          ) -> ServerFeatures:
+    """The server's version and the features ChangeCast turns on for it."""
+    build = await client.admin.command("buildInfo")
+    version = tuple(int(p) for p in str(build.get("version", "")).split(".")[:3] if p.isdigit())
+    post_images = kind in ("replicaset", "sharded") and version >= (6,)
+    return ServerFeatures(version, post_images)
+
+
+async def enable_post_images(db: AsyncDatabase[Document], collections: tuple[str, ...]) -> None:
+    """Turn on ``changeStreamPreAndPostImages`` for the watched collections (MongoDB >= 6)."""
+    existing = set(await db.list_collection_names())
+    for name in collections:
+        if name not in existing:
+            with contextlib.suppress(PyMongoError):
+                await db.create_collection(name)
+        await db.command({"collMod": name, "changeStreamPreAndPostImages": {"enabled": True}})
 
 
 async def ensure_indexes(db: AsyncDatabase[Document]) -> None:
@@ -137,10 +171,20 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
                 "replica set. Start one with `docker compose up` (mongo:8 as replica set rs0), "
                 "or restart mongod with --replSet rs0 and run rs.initiate()."
             )
-        db = client[settings.db_name]
+        features = await detect_features(client, kind)
+        if kind in ("replicaset", "sharded"):
+            # Durability said out loud: an acknowledged order, stock move or transition is on
+            # a majority of the members (it survives a failover), and every read that decides
+            # a transition is the primary's.
+            db = client.get_database(settings.db_name, write_concern=WriteConcern("majority"),
+                                     read_preference=ReadPreference.PRIMARY)
+        else:
+            db = client[settings.db_name]
         try:
             await ensure_indexes(db)
             instance_id = await ensure_instance_id(db)
+            if features.post_images:
+                await enable_post_images(db, DEFAULT_COLLECTIONS)
         except PyMongoError as exc:
             hint = (f"; if the data file is corrupt, move {str(settings.data_dir / 'nx')!r} "
                     "aside and start again" if server is not None else "")
@@ -148,8 +192,11 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
                 f"database {settings.db_name!r} at {hosts_of(uri)} could not be prepared: "
                 f"{_first_line(exc)}{hint}"
             ) from None
-        logger.info("connected to %s database at %s", kind, hosts_of(uri))
-        yield Database(client=client, db=db, kind=kind, instance_id=instance_id, embedded=server)
+        logger.info("connected to %s database at %s (version %s; change-stream post-images %s)",
+                    kind, hosts_of(uri), features.version_text,
+                    "on" if features.post_images else "off")
+        yield Database(client=client, db=db, kind=kind, instance_id=instance_id, embedded=server,
+                       features=features)
     finally:
         await client.close()
         if server is not None:

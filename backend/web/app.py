@@ -17,6 +17,7 @@ from backend.domain import stock
 from backend.domain.analytics import LiveAnalytics
 from backend.domain.passwords import PasswordPool
 from backend.infra.database import Database, open_database
+from backend.infra.history import HistoryMonitor
 from backend.infra.settings import Settings
 from backend.pipeline import PaymentGateway, Pipeline
 from backend.web.http import api
@@ -48,6 +49,7 @@ def build_engine(database: Database, settings: Settings) -> ChangeEngine:
     return ChangeEngine(
         database.db, mode="poll" if database.kind == "embedded" else "await",
         cache_size=settings.cache_size, hidden=HIDDEN_FIELDS,
+        full_document="whenAvailable" if database.features.post_images else "updateLookup",
         checkpoints=MongoCheckpoints(database.db.stream_checkpoints,
                                      instance_id=database.instance_id),
     )
@@ -135,9 +137,15 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
                 stack.push_async_callback(pipeline.stop)
             passwords = PasswordPool()
             stack.callback(passwords.close)
+            history = HistoryMonitor(
+                db.client, replica_set=db.kind == "replicaset",
+                checkpoint_ages=lambda: {name: w.checkpoint_age_s
+                                         for name, w in engine.stats().watchers.items()})
+            await history.start()
+            stack.push_async_callback(history.stop)
             state = AppState(settings=settings, database=db, engine=engine,
                              analytics=analytics, pipeline=pipeline, templates=make_templates(),
-                             renders=RenderCache(), passwords=passwords)
+                             renders=RenderCache(), passwords=passwords, history=history)
             stack.callback(engine.listen(end_revoked_sessions(state)))
             yield {STATE_KEY: state}
 

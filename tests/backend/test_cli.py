@@ -20,13 +20,21 @@ import pytest
 from tests.conftest import ROOT, free_port
 from tests.support.procs import alive, children_of, kill_quietly, wait_until
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [
+    pytest.mark.embedded_only(reason="changecast serve without MONGODB_URI starts the embedded server"),
+    pytest.mark.timeout(120),
+]
 
 
-def run_cli(args: list[str], env: dict[str, str],
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "backend.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "backend.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def get_json(url: str) -> tuple[int, dict[str, Any]]:
@@ -54,8 +62,14 @@ class Serving:
 def serving(clean_env: dict[str, str]) -> Iterator[Serving]:
     port = free_port()
     env = {**clean_env, "CHANGECAST_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve"], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     serving = Serving(proc, port)
 
     def up() -> bool:
@@ -92,8 +106,14 @@ def test_serve_health_ok_then_ctrl_c_leaves_no_process(serving: Serving) -> None
 def test_serve_recovers_after_kill_9_of_the_database(serving: Serving) -> None:
     old = serving.nx_pid()
     os.kill(old, signal.SIGKILL)
-    wait_until(lambda: serving.health()[1]["database"].get("embedded", {}).get("restarts") == 1
-               and serving.health()[0] == 200, 30, "health to recover after a restart")
+    wait_until(
+        lambda: (
+            serving.health()[1]["database"].get("embedded", {}).get("restarts") == 1
+            and serving.health()[0] == 200
+        ),
+        30,
+        "health to recover after a restart",
+    )
     assert serving.nx_pid() != old
 
 
@@ -105,8 +125,12 @@ def test_serve_killed_with_9_takes_the_database_with_it(serving: Serving) -> Non
 
 
 def test_serve_unreachable_uri_exits_2_quickly_without_traceback(clean_env: dict[str, str]) -> None:
-    env = {**clean_env, "MONGODB_URI": "mongodb://127.0.0.1:1/?directConnection=true",
-           "CHANGECAST_ADMIN_PASSWORD": "admin-pass-123", "CHANGECAST_PORT": str(free_port())}
+    env = {
+        **clean_env,
+        "MONGODB_URI": "mongodb://127.0.0.1:1/?directConnection=true",
+        "CHANGECAST_ADMIN_PASSWORD": "admin-pass-123",
+        "CHANGECAST_PORT": str(free_port()),
+    }
     started = time.monotonic()
     result = run_cli(["serve"], env)
     assert time.monotonic() - started < 10
@@ -143,21 +167,19 @@ def test_cli_bad_setting_and_unknown_option(clean_env: dict[str, str]) -> None:
     assert missing.returncode == 2 and "usage: changecast" in missing.stderr
 
 
-def test_cli_bench_names_its_benchmarks_and_refuses_unknown_ones(
-    clean_env: dict[str, str]
-) -> None:
+def test_cli_bench_names_its_benchmarks_and_refuses_unknown_ones(clean_env: dict[str, str]) -> None:
     listed = run_cli(["bench", "--help"], clean_env)
     assert listed.returncode == 0
-    assert all(name in listed.stdout for name in ("propagation", "fanout", "cache", "pipeline",
-                                                  "connections"))
+    assert all(
+        name in listed.stdout for name in ("propagation", "fanout", "cache", "pipeline", "connections")
+    )
     unknown = run_cli(["bench", "propagation", "warp-speed"], clean_env)
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
     assert "unknown benchmark 'warp-speed'; expected one of propagation" in unknown.stderr
     assert "== bench." not in unknown.stdout  # refused before anything ran
 
 
-def test_cli_seed_is_idempotent_and_resettable(nx_uri: str, db_name: str,
-                                               clean_env: dict[str, str]) -> None:
+def test_cli_seed_is_idempotent_and_resettable(nx_uri: str, db_name: str, clean_env: dict[str, str]) -> None:
     env = {**clean_env, "MONGODB_URI": nx_uri, "CHANGECAST_DB": db_name, "CHANGECAST_DEMO": "on"}
     first = run_cli(["seed", "--orders", "40"], env)
     assert first.returncode == 0, first.stderr

@@ -92,12 +92,14 @@ def test_compose_prometheus_scrapes_the_app_and_grafana_is_provisioned() -> None
 
 
 async def test_grafana_queries_only_series_that_metrics_exports(nx_uri: str, tmp_path: Path) -> None:
-    """Every series a dashboard panel asks for is in a live /metrics, pipeline stages included."""
+    """Every series a dashboard panel or an alert rule asks for is in a live /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/changecast.json").read_text())
     wanted = {name for panel in dashboard["panels"] for target in panel["targets"]
               for name in re.findall(r"changecast_[a-z_]+", target["expr"])}
+    # The alert rules' series too; the oplog window exists on a replica set only.
+    wanted |= alert_series() - {"changecast_oplog_window_seconds"}
     async with serve_site(nx_uri, tmp_path, payment_success_rate=1.0,
                           payment_latency_ms=(5, 10)) as (base, _), \
             httpx.AsyncClient(base_url=base) as http:
@@ -126,3 +128,42 @@ def test_compose_publishes_on_loopback_only_and_names_the_hosts_it_answers() -> 
     env = services["app"]["environment"]
     assert "app" in env["CHANGECAST_ALLOWED_HOSTS"] and "localhost" in env["CHANGECAST_ALLOWED_HOSTS"]
     assert env["CHANGECAST_DEMO_LOGIN"] == "${CHANGECAST_DEMO_LOGIN:-auto}"
+
+
+def test_ci_workflow_runs_the_suite_and_the_replica_set_suite() -> None:
+    workflow = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
+    jobs = workflow["jobs"]
+    assert any(step.get("run") == "make test" for step in jobs["test"]["steps"])
+    mongodb = jobs["test-mongodb"]
+    uri = mongodb["env"]["CHANGECAST_TEST_MONGODB_URI"]
+    assert uri.startswith("mongodb://") and "replicaSet=rs0" in uri
+    start = next(step["run"] for step in mongodb["steps"] if "mongo:8" in step.get("run", ""))
+    assert "--replSet rs0" in start and "rs.initiate" in start and "isWritablePrimary" in start
+    runs = [step.get("run") for step in mongodb["steps"]]
+    assert runs.index("make test-mongodb") > runs.index(start)
+    makefile = (ROOT / "Makefile").read_text()
+    assert "test-mongodb:" in makefile and "CHANGECAST_TEST_MONGODB_URI" in makefile
+
+
+def test_alert_rules_are_loaded_and_well_formed() -> None:
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    mounts = load()["services"]["prometheus"]["volumes"]
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+    assert {"ChangeCastCheckpointNearOplogWindow", "ChangeCastWatcherLagHigh",
+            "ChangeCastBreakerOpen", "ChangeCastResyncsSpiking"} <= set(alerts)
+    for name, rule in alerts.items():
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), name
+        assert rule["labels"]["severity"] in {"warning", "critical"}, name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+        expr = rule["expr"]
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), name
+        assert re.search(r"(==|<|>)\s*[\d.]+$", expr), name  # a condition, not a bare series
+
+
+def alert_series() -> set[str]:
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    return {name for group in rules["groups"] for rule in group["rules"]
+            for name in re.findall(r"changecast_[a-z_]+", rule["expr"])}

@@ -42,6 +42,7 @@ async def test_open_database_unreachable_names_the_host_quickly(tmp_path: Path) 
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.embedded_only(reason="it checks that the server is detected as NX-27017")
 async def test_open_database_detects_embedded_and_creates_indexes(nx_uri: str, tmp_path: Path,
                                                                   db_name: str) -> None:
     async with open_database(settings_for(nx_uri, tmp_path, db_name)) as database:

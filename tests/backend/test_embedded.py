@@ -11,7 +11,10 @@ from pymongo import AsyncMongoClient
 from backend.infra.embedded import EmbeddedError, EmbeddedServer, EmbeddedState
 from tests.support.procs import alive
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [
+    pytest.mark.embedded_only(reason="it is the embedded server's launcher and supervisor"),
+    pytest.mark.timeout(60),
+]
 
 
 async def wait_for(predicate: object, timeout: float) -> None:

@@ -13,19 +13,28 @@ from backend.web.app import create_app
 from tests.conftest import free_port, start_nx
 from tests.support.server import running
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [
+    pytest.mark.embedded_only(reason="it kills and restarts its own database server"),
+    pytest.mark.timeout(90),
+]
 
 
 async def test_health_reports_down_within_a_second_and_recovers(tmp_path: Path) -> None:
     port = free_port()
     proc = start_nx(tmp_path / "nx", port)
-    settings = Settings(mongodb_uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
-                        data_dir=tmp_path, demo=True, secret_key="k" * 40,
-                        pipeline_enabled=False)  # health alone: no pipeline traffic in the outage
+    settings = Settings(
+        mongodb_uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
+        data_dir=tmp_path,
+        demo=True,
+        secret_key="k" * 40,
+        pipeline_enabled=False,
+    )  # health alone: no pipeline traffic in the outage
     try:
-        async with open_database(settings) as database, running(
-            create_app(settings, database=database)
-        ) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
+        async with (
+            open_database(settings) as database,
+            running(create_app(settings, database=database)) as base,
+            httpx.AsyncClient(base_url=base, timeout=10) as http,
+        ):
             response = await http.get("/api/health")
             assert response.status_code == 200
             body = response.json()

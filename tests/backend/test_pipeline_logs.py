@@ -15,6 +15,7 @@ from backend.infra.logs import JsonFormatter
 from backend.pipeline import PaymentGateway, Pipeline
 from streaming import ChangeEngine
 from tests.integration.test_pipeline import settled, setup
+from tests.support.mode import watch_mode
 from tests.support.orders import placed
 
 
@@ -31,7 +32,7 @@ async def test_pipeline_logs_are_json_with_the_correlation_id(
     logger.setLevel(logging.DEBUG)
     db = mongo[db_name]
     await setup(db, {"P": 50})
-    engine = ChangeEngine(db, collections=["orders", "products"], mode="poll")
+    engine = ChangeEngine(db, collections=["orders", "products"], mode=await watch_mode(db))
     await engine.start()
     pipeline = Pipeline(db, engine, gateway=PaymentGateway(latency_ms=(1, 5),
                                                            rng=random.Random(2)))

@@ -21,7 +21,11 @@ from tests.support.ledger import AUTOMATIC, UNFINISHED, sold
 from tests.support.procs import children_of, kill_quietly
 from tests.support.remote import RemoteView, converged
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.embedded_only(reason="it kills -9 the embedded server under load"),
+    pytest.mark.integration,
+    pytest.mark.timeout(240),
+]
 
 ORDERS = 150
 STOCK_WRITES = 3_900
@@ -52,13 +56,23 @@ async def test_kill_9_of_the_database_under_load_loses_and_repeats_nothing(tmp_p
     others = [p["_id"] for p in products if p["_id"] not in ordered]  # stock writes go here
     seeded = {o["_id"] for o in await db.orders.find({}, {"_id": 1}).to_list()}
     initial = {p["_id"]: p["stock"] for p in products}
-    views = [RemoteView(app.base, collection, app.cookie, name=f"{collection[0]}{n}")
-             for n in range(4) for collection in ("orders", "products")]
+    views = [
+        RemoteView(app.base, collection, app.cookie, name=f"{collection[0]}{n}")
+        for n in range(4)
+        for collection in ("orders", "products")
+    ]
     outcome = Counter[str]()
     rng = random.Random(9)
 
-    async def request(http: httpx.AsyncClient, method: str, path: str, body: Any, *,
-                      retry: bool = False, headers: dict[str, str] | None = None) -> None:
+    async def request(
+        http: httpx.AsyncClient,
+        method: str,
+        path: str,
+        body: Any,
+        *,
+        retry: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         """One request; with ``retry``, again after a 503 or a network error (idempotent)."""
         while True:
             try:
@@ -74,36 +88,45 @@ async def test_kill_9_of_the_database_under_load_loses_and_repeats_nothing(tmp_p
 
     async def stock_writer(http: httpx.AsyncClient, share: range) -> None:
         for n in share:
-            await request(http, "PUT", f"/api/products/{others[n % len(others)]}/stock",
-                          {"stock": rng.randrange(20, 400)}, retry=True)
+            await request(
+                http,
+                "PUT",
+                f"/api/products/{others[n % len(others)]}/stock",
+                {"stock": rng.randrange(20, 400)},
+                retry=True,
+            )
 
     async def order_writer(http: httpx.AsyncClient) -> None:
         # Retried like the stock writes: the Idempotency-Key makes a retry of an order whose
         # reply was lost (a 503 at the cap, a dropped connection) land on the same order.
         for n in range(ORDERS):
-            await request(http, "POST", "/api/orders", {
-                "user_id": f"user-customer{n % 25 + 1:02d}",
-                "items": [{"product_id": rng.choice(ordered), "quantity": rng.randint(1, 3)}]},
-                retry=True, headers={"Idempotency-Key": f"chaos-{n}"})
+            await request(
+                http,
+                "POST",
+                "/api/orders",
+                {
+                    "user_id": f"user-customer{n % 25 + 1:02d}",
+                    "items": [{"product_id": rng.choice(ordered), "quantity": rng.randint(1, 3)}],
+                },
+                retry=True,
+                headers={"Idempotency-Key": f"chaos-{n}"},
+            )
 
     try:
         for view in views:
             view.start()
         async with asyncio.timeout(30):
             await asyncio.gather(*(view.connected.wait() for view in views))
-        async with httpx.AsyncClient(base_url=app.base, timeout=5,
-                                     headers={"Cookie": app.cookie}) as http:
+        async with httpx.AsyncClient(base_url=app.base, timeout=5, headers={"Cookie": app.cookie}) as http:
             before = (await http.get("/api/metrics")).json()["changes_total"]
-            writers = [asyncio.create_task(stock_writer(http, range(k, STOCK_WRITES, 4)))
-                       for k in range(4)]
+            writers = [asyncio.create_task(stock_writer(http, range(k, STOCK_WRITES, 4))) for k in range(4)]
             writers.append(asyncio.create_task(order_writer(http)))
             while sum(outcome.values()) < (STOCK_WRITES + ORDERS) * 0.4:
                 await asyncio.sleep(0.05)
             kill_quietly(nx_pid, signal.SIGKILL)  # mid-load
             await asyncio.gather(*writers)
             async with asyncio.timeout(60):
-                while (await http.get("/api/health")).json()["database"]["embedded"][
-                        "restarts"] < 1:
+                while (await http.get("/api/health")).json()["database"]["embedded"]["restarts"] < 1:
                     await asyncio.sleep(0.2)
             async with asyncio.timeout(90):  # the reconciler finishes what the kill interrupted
                 while await db.orders.count_documents(UNFINISHED):
@@ -120,19 +143,26 @@ async def test_kill_9_of_the_database_under_load_loses_and_repeats_nothing(tmp_p
         await asyncio.to_thread(app.stop, signal.SIGTERM)
         await mongo.close()
 
-    print(f"changes {changes}, outcomes {dict(outcome)}, orders {len(orders)}, "
-          f"resyncs {sum(v.resyncs for v in views)}, reconnects {sum(v.reconnects for v in views)}, "
-          "streams ended / foreign changes "
-          f"{ {n: (w['cursor_ends'], w['foreign_changes']) for n, w in metrics['watchers'].items()} }")
+    print(
+        f"changes {changes}, outcomes {dict(outcome)}, orders {len(orders)}, "
+        f"resyncs {sum(v.resyncs for v in views)}, reconnects {sum(v.reconnects for v in views)}, "
+        "streams ended / foreign changes "
+        f"{ {n: (w['cursor_ends'], w['foreign_changes']) for n, w in metrics['watchers'].items()} }"
+    )
     assert changes >= 5_000
     if result["differ"]:
-        print("DETAIL", result["detail"], "\nWATCHERS", metrics["watchers"], "\nMETRICS",
-              {k: metrics[k] for k in ("resyncs", "dropped", "cutoffs", "seq")})
+        print(
+            "DETAIL",
+            result["detail"],
+            "\nWATCHERS",
+            metrics["watchers"],
+            "\nMETRICS",
+            {k: metrics[k] for k in ("resyncs", "dropped", "cutoffs", "seq")},
+        )
     assert result["differ"] == 0, (result, metrics["watchers"])
     assert sum(v.duplicates for v in views) == 0
     # Every order was placed exactly once, however many times it was retried.
-    assert sorted(o["idempotency_key"] for o in orders) == sorted(f"chaos-{n}"
-                                                                 for n in range(ORDERS))
+    assert sorted(o["idempotency_key"] for o in orders) == sorted(f"chaos-{n}" for n in range(ORDERS))
     assert not [o["_id"] for o in orders if o["status"] in AUTOMATIC]
     for order in orders:
         statuses = [h["status"] for h in order["history"]]

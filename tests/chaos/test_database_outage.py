@@ -20,7 +20,11 @@ from backend.web.app import create_app
 from tests.conftest import free_port, start_nx
 from tests.support.server import running
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.embedded_only(reason="it kills and restarts its own database server"),
+    pytest.mark.integration,
+    pytest.mark.timeout(120),
+]
 
 
 async def dashboard_until(ws: ClientConnection, state: str, timeout: float = 20) -> str:
@@ -36,25 +40,35 @@ async def dashboard_until(ws: ClientConnection, state: str, timeout: float = 20)
 async def test_database_outage_503_fast_dashboard_shows_it_and_all_recovers(tmp_path: Path) -> None:
     port = free_port()
     proc = start_nx(tmp_path / "nx", port)
-    settings = Settings(mongodb_uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
-                        db_name="outage", data_dir=tmp_path, demo=True, secret_key="o" * 48,
-                        pipeline_enabled=False)
+    settings = Settings(
+        mongodb_uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
+        db_name="outage",
+        data_dir=tmp_path,
+        demo=True,
+        secret_key="o" * 48,
+        pipeline_enabled=False,
+    )
     timings: dict[str, float] = {}
     try:
-        async with open_database(settings) as database, \
-                running(create_app(settings, database=database)) as base, \
-                httpx.AsyncClient(base_url=base, timeout=10, headers={"Origin": base}) as http:
-            login = await http.post("/api/login", json={"email": "admin@example.com",
-                                                        "password": DEFAULT_ADMIN_PASSWORD})
+        async with (
+            open_database(settings) as database,
+            running(create_app(settings, database=database)) as base,
+            httpx.AsyncClient(base_url=base, timeout=10, headers={"Origin": base}) as http,
+        ):
+            login = await http.post(
+                "/api/login", json={"email": "admin@example.com", "password": DEFAULT_ADMIN_PASSWORD}
+            )
             assert login.status_code == 200
             cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
             ws_base = base.replace("http://", "ws://")
-            dashboard = await connect(ws_base + "/ws/live/dashboard", origin=base,  # type: ignore[arg-type]
-                                      additional_headers={"Cookie": cookie})
+            dashboard = await connect(
+                ws_base + "/ws/live/dashboard",
+                origin=base,  # type: ignore[arg-type]
+                additional_headers={"Cookie": cookie},
+            )
             await dashboard_until(dashboard, "ok")
             watcher = await connect(ws_base + "/ws", origin=base)  # type: ignore[arg-type]
-            await watcher.send(json.dumps({"op": "subscribe", "id": "p",
-                                           "collection": "products"}))
+            await watcher.send(json.dumps({"op": "subscribe", "id": "p", "collection": "products"}))
 
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -77,8 +91,7 @@ async def test_database_outage_503_fast_dashboard_shows_it_and_all_recovers(tmp_
                 assert time.monotonic() < deadline, "health did not recover"
                 await asyncio.sleep(0.2)
             await dashboard_until(dashboard, "ok", timeout=30)
-            while (await http.put("/api/products/SKU-BOO-001/stock",
-                                  json={"stock": 77})).status_code != 200:
+            while (await http.put("/api/products/SKU-BOO-001/stock", json={"stock": 77})).status_code != 200:
                 assert time.monotonic() < deadline, "writes did not recover"
                 await asyncio.sleep(0.2)
             # The live path works again: the write reaches a socket opened before the outage
@@ -87,8 +100,9 @@ async def test_database_outage_503_fast_dashboard_shows_it_and_all_recovers(tmp_
                 async for raw in watcher:
                     msg = json.loads(raw)
                     if msg.get("type") == "resync" or (
-                            msg.get("type") == "change"
-                            and (msg.get("changes") or {}).get("set", {}).get("stock") == 77):
+                        msg.get("type") == "change"
+                        and (msg.get("changes") or {}).get("set", {}).get("stock") == 77
+                    ):
                         break
             await dashboard.close()
             await watcher.close()

@@ -17,6 +17,7 @@ from backend.domain.clock import now_iso
 from backend.pipeline import AUTOMATIC, PaymentGateway, Pipeline
 from streaming import ChangeEngine
 from tests.support.ledger import shelf, sold
+from tests.support.mode import watch_mode
 from tests.support.orders import placed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -41,7 +42,7 @@ async def start_instance(client: AsyncMongoClient[dict[str, Any]], name: str, *,
                          seed: int = 1,
                          sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                          ) -> tuple[ChangeEngine, Pipeline]:
-    engine = ChangeEngine(client[name], mode="poll")
+    engine = ChangeEngine(client[name], mode=await watch_mode(client[name]))
     await engine.start()
     await engine.prime("products")
     pipeline = Pipeline(client[name], engine, reconcile_after_s=reconcile_after_s,

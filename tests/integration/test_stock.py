@@ -22,6 +22,7 @@ from backend.pipeline import PaymentGateway, Pipeline
 from streaming import ChangeEngine
 from tests.integration.test_pipeline import settled, setup
 from tests.support.ledger import shelf, sold
+from tests.support.mode import watch_mode
 from tests.support.orders import placed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -43,7 +44,7 @@ async def order_for(db: Db, engine: ChangeEngine, items: list[tuple[str, int]]) 
 async def shop(db: Db, products: dict[str, int]) -> AsyncIterator[ChangeEngine]:
     """The products and customers, and an engine that hides stock marks as the app's does."""
     await setup(db, products)
-    engine = ChangeEngine(db, mode="poll", hidden=stock.HIDDEN)
+    engine = ChangeEngine(db, mode=await watch_mode(db), hidden=stock.HIDDEN)
     await engine.start()
     try:
         yield engine

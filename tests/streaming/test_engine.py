@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streaming import ChangeEngine, Delivery
+from streaming import ChangeEngine, Delivery, compile_filter
 from tests.streaming.fakes import FakeCollection
 
 pytestmark = pytest.mark.timeout(10)
@@ -88,3 +88,46 @@ async def test_engine_admit_fails_fast_once_failures_open_the_breaker() -> None:
     with pytest.raises(BreakerOpenError):
         engine.admit()
     assert engine.stats().breaker.state == "open"
+
+
+def update(n: int, doc: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
+    return {**raw(n, "update", doc), "updateDescription": description}
+
+
+async def test_engine_a_late_looked_up_document_does_not_leak_into_an_earlier_change() -> None:
+    # updateLookup reads the document when the event is sent: two quick updates both
+    # arrive carrying the second version. The server's updateDescription says what each
+    # one changed, so the engine builds each version from the previous one.
+    later = {"_id": "p1", "stock": 3, "tags": ["a"]}
+    script = [raw(1, "insert", {"_id": "p1", "stock": 5, "tags": ["a", "b", "c"]}),
+              update(2, later, {"updatedFields": {"stock": 4}, "removedFields": [],
+                                "truncatedArrays": [{"field": "tags", "newSize": 1}]}),
+              update(3, later, {"updatedFields": {"stock": 3}, "removedFields": []})]
+    engine = ChangeEngine(FakeDatabase({"products": script}), collections=("products",))
+    subscriber = engine.subscriber()
+    subscriber.subscribe("s", "products")
+    subscriber.subscribe("low", "products", where=compile_filter("stock <= 4"))
+    await engine.start()
+    try:
+        seen = await asyncio.wait_for(changes_of(subscriber, 5), 5)
+    finally:
+        await engine.stop()
+    plain = [d for d in seen if d.sub_id == "s"]
+    assert [d.event.doc for d in plain] == [  # type: ignore[union-attr]
+        {"_id": "p1", "stock": 5, "tags": ["a", "b", "c"]},
+        {"_id": "p1", "stock": 4, "tags": ["a"]}, later]
+    assert plain[1].to_message()["changes"] == {"set": {"stock": 4, "tags": ["a"]},
+                                                "unset": []}
+    assert plain[2].to_message()["changes"] == {"set": {"stock": 3}, "unset": []}
+    # The filtered view entered at the right change (stock 4), not one early or late.
+    assert [(d.op, d.event.seq - plain[0].event.seq) for d in seen  # type: ignore[union-attr]
+            if d.sub_id == "low"] == [("enter", 1), ("update", 2)]
+    assert engine.peek("products", "p1") == later
+
+
+async def test_engine_asks_for_post_images_when_told_the_server_has_them() -> None:
+    database = FakeDatabase({"orders": []})
+    engine = ChangeEngine(database, collections=("orders",), full_document="whenAvailable")
+    await engine.start()
+    await engine.stop()
+    assert database.collections["orders"].calls[0]["full_document"] == "whenAvailable"

@@ -251,3 +251,53 @@ async def test_watcher_a_non_resumable_error_reopens_from_now_with_a_resync() ->
     assert len(h.lost) == 1 and "unauthorized" in h.lost[0]
     assert "resume_after" not in coll.calls[1]
     assert h.watcher.errors == 1
+
+
+async def test_watcher_saves_an_idle_streams_advancing_token_every_few_seconds() -> None:
+    # A quiet collection's stream still advances its resume token (postBatchResumeToken)
+    # while other collections are busy; saving only after changes let the stored token fall
+    # behind the oplog, and a restart then lost history (code 286) and resynced everyone.
+    from tests.streaming.fakes import FakeStream
+
+    now = [0.0]
+
+    class Advancing(FakeStream):
+        def __init__(self) -> None:
+            super().__init__([], poll=True)
+            self.n = 0
+
+        async def try_next(self) -> dict[str, Any] | None:
+            self.n += 1
+            self.resume_token = {"_data": f"T{self.n:04d}"}
+            await asyncio.sleep(0)
+            return None
+
+    stream = Advancing()
+
+    class Quiet(FakeCollection):
+        async def watch(self, *args: Any, **kwargs: Any) -> FakeStream:
+            self.calls.append(kwargs)
+            return stream
+
+    async def polls(count: int) -> None:  # until the watcher has polled `count` more times
+        target = stream.n + count
+        async with asyncio.timeout(5):
+            while stream.n < target:
+                await asyncio.sleep(0)
+
+    checkpoints = MemoryCheckpoints()
+    h = Harness(Quiet("orders", []), expect=1, mode="poll", checkpoints=checkpoints,
+                clock=lambda: now[0], idle_checkpoint_interval=5.0, idle_interval=0.001)
+    await h.watcher.start(wait=True)
+    now[0] = 5.0
+    await polls(3)
+    first = await checkpoints.load("orders")
+    assert first is not None  # saved once its interval had passed
+    now[0] = 7.0
+    await polls(3)  # more empty batches, under 5 s later: not saved again
+    assert await checkpoints.load("orders") == first
+    now[0] = 10.5
+    await polls(3)
+    assert (await checkpoints.load("orders"))["_data"] > first["_data"]
+    await h.watcher.stop()
+    assert h.watcher.stats().checkpoint_age_s is not None

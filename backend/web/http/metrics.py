@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,6 +42,8 @@ async def metrics(request: Request) -> Response:
         pipeline = state.pipeline.stats()
         body["pipeline"] = pipeline.as_dict()
         backlog = pipeline.backlog
+    history = state.history.stats()
+    body["history"] = {**dataclasses.asdict(history), "at_risk": history.at_risk}
     body["lag"] = {name: {"lag_ms": w.lag_ms, "last_change_at": w.last_change_at,
                           "last_batch": w.last_batch, "backlog": backlog}
                    for name, w in stats.watchers.items()}
@@ -98,12 +101,38 @@ class ChangeCastCollector(Collector):
                                     ("p99", recent.p99)):
             latency.add_metric([quantile], recent_ms if recent_ms is not None else float("nan"))
         yield latency
+        handoff = GaugeMetricFamily("changecast_handoff_latency_recent_ms",
+                                    "Change written (database time) to the engine's hand-off, ms "
+                                    "(recent window): how far the streams are behind",
+                                    labels=["quantile"])
+        behind = counted.handoff_latency_ms
+        for quantile, behind_ms in (("p50", behind.p50), ("p95", behind.p95),
+                                    ("p99", behind.p99)):
+            handoff.add_metric([quantile], behind_ms if behind_ms is not None else float("nan"))
+        yield handoff
         lag = GaugeMetricFamily("changecast_watcher_lag_ms", "Now minus the last change seen",
                                 labels=["collection"])
         for name, watcher in stats.watchers.items():
             if watcher.lag_ms is not None:
                 lag.add_metric([name], watcher.lag_ms)
         yield lag
+        history = self.state.history.stats()
+        if history.window_s is not None:
+            yield GaugeMetricFamily("changecast_oplog_window_seconds",
+                                    "Time from the oplog's first to its last entry",
+                                    value=history.window_s)
+        ages = GaugeMetricFamily("changecast_checkpoint_age_seconds",
+                                 "Since the stream's resume token was last saved",
+                                 labels=["collection"])
+        risk = GaugeMetricFamily("changecast_checkpoint_at_risk",
+                                 "1 when the checkpoint is older than half the oplog window",
+                                 labels=["collection"])
+        for name, checkpoint in history.checkpoints.items():
+            if checkpoint.age_s is not None:
+                ages.add_metric([name], checkpoint.age_s)
+            risk.add_metric([name], 1.0 if checkpoint.at_risk else 0.0)
+        yield ages
+        yield risk
         orders = GaugeMetricFamily("changecast_orders", "Orders per status", labels=["status"])
         for status, count in self.state.analytics.snapshot()["per_status"].items():
             orders.add_metric([status], count)

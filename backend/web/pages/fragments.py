@@ -74,6 +74,19 @@ def ago(ms: Any) -> str:
     return f"{ms / 60_000:.0f} min ago"
 
 
+def duration(seconds: Any) -> str:
+    """A short span of time: ``40 s``, ``12 min``, ``3.5 h``, ``2.0 d``."""
+    if not isinstance(seconds, int | float):
+        return "—"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7_200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3_600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
+
+
 def stock_level(product: Document) -> str:
     """``out`` at 0, ``low`` below the product's threshold, else ``ok``."""
     stock = product.get("stock")
@@ -106,7 +119,7 @@ DELETE = {"oob": "delete", "if_present": True}
 
 def configure(env: Environment) -> None:
     """Filters and globals every template may use."""
-    env.filters.update(money=money, clock=clock, day=day)
+    env.filters.update(money=money, clock=clock, day=day, duration=duration)
     env.globals.update(ago=ago, dom_id=dom_id, stock_level=stock_level, can_cancel=can_cancel,
                        swap_attrs=swap_attrs, STATUS_LABELS=STATUS_LABELS,
                        ADMIN_NEXT=ADMIN_NEXT, NEXT_LABELS=NEXT_LABELS)

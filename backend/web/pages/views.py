@@ -260,6 +260,7 @@ def system_figures(state: AppState, previous: dict[str, Any] | None) -> dict[str
         "watchers": {name: dataclasses.asdict(w) for name, w in stats.watchers.items()},
         "backlog": pipeline.backlog if pipeline else None,
         "payments_in_flight": pipeline.payments_in_flight if pipeline else None,
+        "history": state.history.stats(),
         "queued": stats.queued, "resyncs": stats.metrics.resyncs,
         "dropped": stats.metrics.dropped,
     }
