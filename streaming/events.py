@@ -6,7 +6,7 @@ import base64
 import copy
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,12 +127,15 @@ def changes_from_description(description: Document, doc: Document | None) -> Cha
     return Changes(changed, removed)
 
 
-def apply_changes(doc: Document, changes: Changes) -> Document:
+def apply_changes(doc: Document, changes: Changes,
+                  components: Mapping[str, Sequence[str | int]] | None = None) -> Document:
     """``doc`` with ``changes`` applied (a copy): each ``set`` path written, each ``unset``
-    removed; numeric parts index into arrays."""
+    removed. A numeric part indexes an array only where the document has an array there;
+    ``components`` (MongoDB's ``disambiguatedPaths``) spell out a path's parts when a field
+    name is itself numeric or contains a dot."""
     result = copy.deepcopy(doc)
     for path, value in changes.set.items():
-        *parents, last = path.split(".")
+        *parents, last = _parts(path, components)
         target: Any = result
         for part in parents:
             nxt = _child(target, part)
@@ -142,7 +145,7 @@ def apply_changes(doc: Document, changes: Changes) -> Document:
             target = nxt
         _put(target, last, copy.deepcopy(value))
     for path in changes.unset:
-        *parents, last = path.split(".")
+        *parents, last = _parts(path, components)
         target = result
         for part in parents:
             target = _child(target, part)
@@ -152,6 +155,12 @@ def apply_changes(doc: Document, changes: Changes) -> Document:
             if isinstance(target, dict):
                 target.pop(last, None)
     return result
+
+
+def _parts(path: str, components: Mapping[str, Sequence[str | int]] | None) -> list[str]:
+    if components and path in components:
+        return [str(part) for part in components[path]]
+    return path.split(".")
 
 
 def _truncated(doc: Document, entries: Any) -> Document:
@@ -305,7 +314,7 @@ def normalize(raw: Document, *, previous: Callable[[Any], Document | None],
             fields = Changes(dict(description.get("updatedFields") or {}),
                              tuple(description.get("removedFields") or ())).without(hidden)
             doc = apply_changes(_truncated(before, description.get("truncatedArrays") or ()),
-                                fields)
+                                fields, description.get("disambiguatedPaths"))
             changes = changes_from_description(description, doc).without(hidden)
             return Normalized(op, key, doc, before, changes, event_ms(raw), raw.get("_id"))
         if doc is None:

@@ -90,3 +90,14 @@ def test_normalize_diffs_against_the_previous_version_and_hides_fields() -> None
     quiet = normalize(hidden_only, previous=lambda key: previous, hidden=frozenset({"holds"}))
     assert quiet is not None and quiet.empty
     assert normalize({"operationType": "invalidate"}, previous=lambda key: None) is None
+
+
+def test_apply_changes_follows_the_documents_shape_and_disambiguated_paths() -> None:
+    from streaming.events import apply_changes
+
+    before = {"_id": 1, "lines": [{"qty": 1}, {"qty": 2}], "codes": {"0": "a"}, "a.b": 1}
+    after = apply_changes(before, Changes({"lines.1.qty": 5, "codes.0": "z", "a.b": 2},
+                                          ("lines.0.qty",)),
+                          {"a.b": ["a.b"]})  # a field whose name has a dot
+    assert after == {"_id": 1, "lines": [{}, {"qty": 5}], "codes": {"0": "z"}, "a.b": 2}
+    assert before["lines"][1] == {"qty": 2}  # a copy: the previous version is untouched
