@@ -21,7 +21,7 @@ from starlette.responses import Response
 from backend.web.http.auth import current_user
 from backend.web.jsonio import JSON
 from backend.web.state import AppState, app_state
-from streaming import BreakerOpenError
+from streaming import BreakerOpenError, LatencySummary
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -93,23 +93,12 @@ class ChangeCastCollector(Collector):
         yield HistogramMetricFamily(
             "changecast_delivery_latency_ms", "Change (database time) to WebSocket send, ms",
             buckets=histogram.buckets, sum_value=histogram.total)
-        latency = GaugeMetricFamily("changecast_delivery_latency_recent_ms",
-                                    "Change to WebSocket send latency (recent window)",
-                                    labels=["quantile"])
-        recent = counted.delivery_latency_ms
-        for quantile, recent_ms in (("p50", recent.p50), ("p95", recent.p95),
-                                    ("p99", recent.p99)):
-            latency.add_metric([quantile], recent_ms if recent_ms is not None else float("nan"))
-        yield latency
-        handoff = GaugeMetricFamily("changecast_handoff_latency_recent_ms",
-                                    "Change written (database time) to the engine's hand-off, ms "
-                                    "(recent window): how far the streams are behind",
-                                    labels=["quantile"])
-        behind = counted.handoff_latency_ms
-        for quantile, behind_ms in (("p50", behind.p50), ("p95", behind.p95),
-                                    ("p99", behind.p99)):
-            handoff.add_metric([quantile], behind_ms if behind_ms is not None else float("nan"))
-        yield handoff
+        yield _quantiles("changecast_delivery_latency_recent_ms",
+                         "Change to WebSocket send latency (recent window)",
+                         counted.delivery_latency_ms)
+        yield _quantiles("changecast_handoff_latency_recent_ms",
+                         "Change written (database time) to the engine's hand-off, ms (recent "
+                         "window): how far the streams are behind", counted.handoff_latency_ms)
         lag = GaugeMetricFamily("changecast_watcher_lag_ms", "Now minus the last change seen",
                                 labels=["collection"])
         for name, watcher in stats.watchers.items():
@@ -143,6 +132,14 @@ class ChangeCastCollector(Collector):
             for stage, figures in self.state.pipeline.stats().stages.items():
                 stages.add_metric([stage], figures.avg_ms)
             yield stages
+
+
+def _quantiles(name: str, text: str, summary: LatencySummary) -> GaugeMetricFamily:
+    """A gauge of a latency summary's p50/p95/p99 (NaN while it has no samples)."""
+    gauge = GaugeMetricFamily(name, text, labels=["quantile"])
+    for quantile, value in (("p50", summary.p50), ("p95", summary.p95), ("p99", summary.p99)):
+        gauge.add_metric([quantile], value if value is not None else float("nan"))
+    return gauge
 
 
 async def metrics_text(request: Request) -> Response:
