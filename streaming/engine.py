@@ -252,6 +252,10 @@ class ChangeEngine:
         self.cache.prime(collection, docs)
         return len(docs)
 
+    def checkpoint_ages(self) -> dict[str, float | None]:
+        """Per collection, seconds since its stream's resume token was saved."""
+        return {name: w.checkpoint_age_s() for name, w in self.watchers.items()}
+
     def stats(self) -> EngineStats:
         """Every figure the engine keeps, typed."""
         return EngineStats(

@@ -117,14 +117,20 @@ def changes_from_description(description: Document, doc: Document | None) -> Cha
     value: the array is sent whole from ``doc`` (the version of this change), replacing any
     element paths under it, so a subscriber applying the changes ends with the right array.
     """
-    changed = dict(description.get("updatedFields") or {})
-    removed = tuple(description.get("removedFields") or ())
+    described = _described(description)
+    changed, removed = dict(described.set), described.unset
     for entry in description.get("truncatedArrays") or ():
         path = entry["field"]
         for key in [k for k in changed if k.startswith(path + ".")]:
             del changed[key]
         changed[path] = get_path(doc, path)
     return Changes(changed, removed)
+
+
+def _described(description: Document) -> Changes:
+    """``updatedFields`` and ``removedFields`` as they are (no truncated arrays)."""
+    return Changes(dict(description.get("updatedFields") or {}),
+                   tuple(description.get("removedFields") or ()))
 
 
 def apply_changes(doc: Document, changes: Changes,
@@ -311,8 +317,7 @@ def normalize(raw: Document, *, previous: Callable[[Any], Document | None],
             # reads the document when the event is sent: two quick updates can both carry
             # the second), or missing (a post-image that expired).
             description = decode(description)
-            fields = Changes(dict(description.get("updatedFields") or {}),
-                             tuple(description.get("removedFields") or ())).without(hidden)
+            fields = _described(description).without(hidden)
             doc = apply_changes(_truncated(before, description.get("truncatedArrays") or ()),
                                 fields, description.get("disambiguatedPaths"))
             changes = changes_from_description(description, doc).without(hidden)

@@ -431,4 +431,8 @@ class CollectionWatcher:
             cursor_ends=self.cursor_ends, foreign_changes=self.foreign_changes,
             last_error=self.last_error, lag_ms=self.lag_ms(), last_change_at=self.last_event_ms,
             last_batch=self.last_batch,
-            checkpoint_age_s=round(self._clock() - self._saved_at, 3) if self._saved_at else None)
+            checkpoint_age_s=self.checkpoint_age_s())
+
+    def checkpoint_age_s(self) -> float | None:
+        """Seconds since the resume token was last saved (None before the first save)."""
+        return round(self._clock() - self._saved_at, 3) if self._saved_at else None

@@ -14,6 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from backend.domain.errors import Invalid, NotFound, Throttled, Unauthenticated
 from backend.domain.passwords import DUMMY_HASH
+from backend.domain.stock import SETTLE_S
 from streaming import ChangeEngine, Document
 from streaming.types import Clock
 
@@ -40,10 +41,15 @@ class User:
         return {"id": self.id, "email": self.email, "name": self.name, "role": self.role}
 
 
+def role_of(doc: Document) -> str:
+    """A user document's role (a user without one is a customer)."""
+    return str(doc.get("role", "customer"))
+
+
 def user_from_doc(doc: Document) -> User:
     """The ``User`` a ``users`` document describes."""
     return User(id=str(doc["_id"]), email=doc["email"], name=doc.get("name", ""),
-                role=doc.get("role", "customer"))
+                role=role_of(doc))
 
 
 class LoginThrottle:
@@ -124,7 +130,6 @@ async def authenticate(db: AsyncDatabase[Document], throttle: LoginThrottle, *, 
 
 
 SESSION_VERSION = "session_version"  # on the user: bumped to end every session of theirs
-SETTLE_S = 0.25
 
 
 def session_version(doc: Document | None) -> int:

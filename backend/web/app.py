@@ -139,8 +139,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
             stack.callback(passwords.close)
             history = HistoryMonitor(
                 db.client, replica_set=db.kind == "replicaset",
-                checkpoint_ages=lambda: {name: w.checkpoint_age_s
-                                         for name, w in engine.stats().watchers.items()})
+                checkpoint_ages=engine.checkpoint_ages)
             await history.start()
             stack.push_async_callback(history.stop)
             state = AppState(settings=settings, database=db, engine=engine,

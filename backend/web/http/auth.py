@@ -11,7 +11,14 @@ from starlette.requests import HTTPConnection
 
 from backend.domain import access
 from backend.domain.errors import Forbidden, NotFound
-from backend.domain.users import User, authenticate, end_sessions, session_version, user_from_doc
+from backend.domain.users import (
+    User,
+    authenticate,
+    end_sessions,
+    role_of,
+    session_version,
+    user_from_doc,
+)
 from backend.web.http.deadline import off_the_clock
 from backend.web.state import app_state
 from streaming import Document
@@ -49,7 +56,7 @@ def session_valid(session: dict[str, Any], doc: Document | None) -> bool:
     if doc is None:
         return False
     role = session.get("role")
-    if role is not None and role != doc.get("role", "customer"):
+    if role is not None and role != role_of(doc):
         return False
     return int(session.get("sv") or 0) == session_version(doc)
 

@@ -117,12 +117,11 @@ class GuardMiddleware:
                 del self._open[client]
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
-        if scope["method"] not in SAFE_METHODS and not same_origin(
-                headers, scope.get("scheme", "http")):
-            await error_response(403, "cross_origin", "cross-origin request refused")(
-                scope, receive, send)
-            return
-        if scope["method"] not in SAFE_METHODS:
+        if scope["method"] not in SAFE_METHODS:  # a state change: same origin, body read first
+            if not same_origin(headers, scope.get("scheme", "http")):
+                await error_response(403, "cross_origin", "cross-origin request refused")(
+                    scope, receive, send)
+                return
             body = await self._read_body(scope, receive, send, headers)
             if body is None:
                 return

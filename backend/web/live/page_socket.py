@@ -212,12 +212,9 @@ async def live_endpoint(websocket: WebSocket) -> None:
     if view_cls is None:
         await websocket.close(code=1008, reason="no such page")
         return
-    if not view_cls.allows(user):
+    if user is None or not view_cls.allows(user):
         reason = "sign in first" if user is None else "admins only"
         await websocket.close(code=1008, reason=reason)
-        return
-    if user is None:  # (allows() admits nobody signed out)
-        await websocket.close(code=1008, reason="sign in first")
         return
     state = app_state(websocket)
     try:
