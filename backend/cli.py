@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import importlib.util
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +22,7 @@ from backend.infra.database import DatabaseError, open_database
 from backend.infra.logs import configure_logging
 from backend.infra.progress import ProgressBar
 from backend.infra.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings, SettingsError
-from backend.web.app import create_app
+from backend.web.app import create_app, ensure_seeded
 from backend.web.server import server_config
 from loadtest.scenarios import SCENARIOS, scenario_with
 from seed.loader import seed_database
@@ -44,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the web server (and the embedded database)")
     serve.add_argument("--host", help="bind address (default: CHANGECAST_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: CHANGECAST_PORT or 8000)")
+    serve.add_argument("--workers", type=_positive_int, default=1,
+                       help="server processes sharing the port, each with its own engine "
+                            "(default 1)")
+    # A worker of `serve --workers N`: serve on the listening socket it inherited.
+    serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     seed = sub.add_parser("seed", help="load deterministic demo data")
     seed.add_argument("--reset", action="store_true", help="delete existing data first")
     seed.add_argument("--orders", type=_non_negative, default=300, help="historical orders")
@@ -78,6 +86,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _positive_int(raw: str) -> int:
+    value = _non_negative(raw)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"expected 1 to 64, got {value}")
+    return value
+
+
 def _non_negative(raw: str) -> int:
     try:
         value = int(raw)
@@ -103,17 +118,71 @@ def check_port_free(host: str, port: int) -> None:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-async def serve(settings: Settings) -> None:
-    """Open the database, then run uvicorn until SIGINT or SIGTERM."""
-    check_port_free(settings.host, settings.port)
+async def serve(settings: Settings, *, fd: int | None = None) -> None:
+    """Open the database, then run uvicorn until SIGINT or SIGTERM (on the inherited
+    listening socket ``fd`` when this is one of ``--workers``)."""
+    if fd is None:
+        check_port_free(settings.host, settings.port)
     async with open_database(settings) as database:
-        if settings.demo:
+        if settings.demo and fd is None:
             _announce_demo_credentials(settings)
         app = create_app(settings, database=database)
-        config = server_config(app, settings)
+        config = server_config(app, settings, fd=fd)
         server = uvicorn.Server(config)
-        logger.info("serving on http://%s:%s", settings.host, settings.port)
+        if fd is None:
+            logger.info("serving on http://%s:%s", settings.host, settings.port)
         await server.serve()
+
+
+async def serve_workers(settings: Settings, workers: int) -> None:
+    """``workers`` server processes on one listening socket, each with its own engine (one
+    change stream per collection per process; the pipeline's claims keep them safe together).
+    This process opens the database (starting the embedded one), seeds it, binds the port,
+    and restarts a worker that dies, until SIGINT or SIGTERM."""
+    check_port_free(settings.host, settings.port)
+    listener = socket.create_server((settings.host, settings.port), backlog=4096)
+    listener.set_inheritable(True)
+    async with open_database(settings) as database:
+        await ensure_seeded(database, settings)
+        uri = settings.mongodb_uri or (database.embedded.uri if database.embedded else None)
+        env = {**os.environ, "MONGODB_URI": str(uri), "CHANGECAST_SECRET_KEY": settings.secret_key,
+               "CHANGECAST_DEMO": "on" if settings.demo else "off",
+               "CHANGECAST_ADMIN_PASSWORD": settings.admin_password}
+        if settings.demo_password:
+            env["CHANGECAST_DEMO_PASSWORD"] = settings.demo_password
+        command = [sys.executable, "-m", "backend.cli", "serve", "--fd", str(listener.fileno())]
+
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(command, env=env, pass_fds=(listener.fileno(),))
+
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopping.set)
+        procs = [start() for _ in range(workers)]
+        if settings.demo:
+            _announce_demo_credentials(settings)
+        logger.info("serving on http://%s:%s with %d workers", settings.host, settings.port,
+                    workers)
+        try:
+            while not stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), 0.5)
+                for n, proc in enumerate(procs):
+                    if proc.poll() is not None and not stopping.is_set():
+                        logger.warning("worker %d exited with %s; starting another", proc.pid,
+                                       proc.returncode)
+                        procs[n] = start()
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    await asyncio.to_thread(proc.wait, 15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            listener.close()
 
 
 def _announce_demo_credentials(settings: Settings) -> None:
@@ -203,8 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "port", None) is not None:
             settings = _replace(settings, port=args.port)
         configure_logging(settings.log_level)
-        if args.command == "serve":
-            asyncio.run(serve(settings))
+        if args.command == "serve" and args.workers > 1 and args.fd is None:
+            asyncio.run(serve_workers(settings, args.workers))
+        elif args.command == "serve":
+            asyncio.run(serve(settings, fd=args.fd))
         elif args.command == "seed":
             asyncio.run(seed(settings, reset=args.reset, orders=args.orders,
                              seed_number=args.seed))

@@ -39,6 +39,7 @@ class Site:
     nx_uri: str
     db_name: str
     server: subprocess.Popen[bytes]
+    database_pid: int | None = None
 
     @property
     def ws(self) -> str:
@@ -61,8 +62,8 @@ class Site:
 
 
 @contextlib.asynccontextmanager
-async def site(*, pipeline: bool = False, extra_env: dict[str, str] | None = None) \
-        -> AsyncIterator[Site]:
+async def site(*, pipeline: bool = False, extra_env: dict[str, str] | None = None,
+               args: tuple[str, ...] = ()) -> AsyncIterator[Site]:
     """NX-27017 in a temporary directory plus one app server process (seeded on start)."""
     with tempfile.TemporaryDirectory(prefix="changecast-bench-") as tmp:
         nx = EmbeddedServer(data_dir=Path(tmp) / "nx")
@@ -78,19 +79,24 @@ async def site(*, pipeline: bool = False, extra_env: dict[str, str] | None = Non
                     "CHANGECAST_MAX_CONNECTIONS": "1000000",
                     "CHANGECAST_MAX_CONNECTIONS_PER_CLIENT": "1000000",
                     "CHANGECAST_IDLE_SOCKET_S": "86400", **(extra_env or {})})
-        server = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve"], env=env,
+        server = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", *args], env=env,
                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
         try:
             await _wait_healthy(base, server)
-            yield Site(base, nx.uri, "bench", server)
+            yield Site(base, nx.uri, "bench", server, nx.pid)
         finally:
-            server.terminate()
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_process(server, 15)
             await nx.stop()
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 async def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout: float = 60) -> None:

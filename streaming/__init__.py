@@ -18,7 +18,7 @@ from streaming.errors import (
 )
 from streaming.events import ChangeEvent, Changes, decode, diff, get_path
 from streaming.filters import Filter, compile_filter
-from streaming.hub import Delivery, Hub, Subscriber, Subscription, merge_changes
+from streaming.hub import Batch, Delivery, Group, Hub, Outlet, Subscriber, Subscription, merge_changes
 from streaming.metrics import (
     EngineMetrics,
     Histogram,
@@ -43,6 +43,7 @@ from streaming.watcher import (
 __all__ = [
     "DEFAULT_COLLECTIONS",
     "Backoff",
+    "Batch",
     "BreakerOpenError",
     "BreakerState",
     "BreakerStats",
@@ -60,6 +61,7 @@ __all__ = [
     "EngineStats",
     "Filter",
     "FilterError",
+    "Group",
     "Histogram",
     "HistoryLost",
     "Hub",
@@ -68,6 +70,7 @@ __all__ = [
     "MemoryCheckpoints",
     "MetricsStats",
     "MongoCheckpoints",
+    "Outlet",
     "StreamingError",
     "Subscriber",
     "Subscription",

@@ -16,7 +16,7 @@ from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 from streaming.breaker import CircuitBreaker
 from streaming.cache import ABSENT, CacheStats, DocumentCache
 from streaming.events import ChangeEvent, decode, normalize, visible
-from streaming.hub import Hub, Subscriber
+from streaming.hub import Hub, Outlet, Subscriber
 from streaming.metrics import EngineMetrics, Histogram, MetricsStats
 from streaming.types import Document, OverflowPolicy
 from streaming.watcher import (
@@ -57,6 +57,8 @@ class EngineStats:
     seq: int
     subscribers: int
     subscriptions: int
+    groups: int
+    largest_group: int
     queued: int
     uptime_s: float
     metrics: MetricsStats
@@ -68,7 +70,8 @@ class EngineStats:
         """The flat JSON shape of ``/api/metrics`` (counters at the top level)."""
         data = dataclasses.asdict(self.metrics)
         data.update(seq=self.seq, subscribers=self.subscribers,
-                    subscriptions=self.subscriptions, queued=self.queued,
+                    subscriptions=self.subscriptions, groups=self.groups,
+                    largest_group=self.largest_group, queued=self.queued,
                     cache=dataclasses.asdict(self.cache),
                     breaker=dataclasses.asdict(self.breaker),
                     watchers={k: dataclasses.asdict(w) for k, w in self.watchers.items()},
@@ -146,6 +149,11 @@ class ChangeEngine:
         """The ``seq`` of the last emitted change."""
         return self.hub.seq
 
+    @property
+    def settled_seq(self) -> int:
+        """Every pushed subscriber has been handed every change up to this ``seq``."""
+        return self.hub.settled_seq
+
     def nudge(self, collection: str | None = None) -> None:
         """Poll now: call right after this process writes (no-op for await mode)."""
         if collection is None:
@@ -154,10 +162,10 @@ class ChangeEngine:
         elif collection in self.watchers:
             self.watchers[collection].nudge()
 
-    def subscriber(self, *, maxsize: int | None = None,
-                   policy: OverflowPolicy | None = None) -> Subscriber:
-        """A new consumer; use ``subscriber.subscribe(...)``."""
-        return self.hub.subscriber(maxsize=maxsize, policy=policy)
+    def subscriber(self, *, maxsize: int | None = None, policy: OverflowPolicy | None = None,
+                   outlet: Outlet | None = None) -> Subscriber:
+        """A new consumer (queued, or pushing to ``outlet``); use ``subscriber.subscribe``."""
+        return self.hub.subscriber(maxsize=maxsize, policy=policy, outlet=outlet)
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(event)`` for every emitted change; returns an unsubscribe function."""
@@ -258,9 +266,11 @@ class ChangeEngine:
 
     def stats(self) -> EngineStats:
         """Every figure the engine keeps, typed."""
+        sizes = self.hub.group_sizes()
         return EngineStats(
             seq=self.hub.seq, subscribers=self.hub.subscriber_count,
-            subscriptions=self.hub.subscription_count(), queued=self.hub.queued(),
+            subscriptions=self.hub.subscription_count(), groups=len(sizes),
+            largest_group=sizes[0] if sizes else 0, queued=self.hub.queued(),
             uptime_s=round(time.monotonic() - self.started_at, 3),
             metrics=self.metrics.stats(), cache=self.cache.stats(),
             breaker=BreakerStats(self.breaker.state.value, self.breaker.opened_count),

@@ -1,10 +1,28 @@
-"""Fan-out: live queries over change events, bounded queues, replay and resync.
+"""Fan-out: live queries over change events, shared per group, bounded per member.
 
-A ``Subscriber`` is one consumer (say, a WebSocket connection) with one
-bounded queue; it holds any number of ``Subscription``s (collection + compiled
-filter + mandatory restriction). ``Hub.publish`` never awaits anybody: it
-routes the event through an index of equality constraints, decides per
-subscription what the change means to it, and appends to queues.
+A ``Subscriber`` is one consumer (say, a WebSocket connection); it holds any
+number of ``Subscription``s (collection + compiled filter + mandatory
+restriction). Subscriptions that would receive identical output (same
+collection, same normalized ``where``, same restriction) are members of one
+``Group``: ``Hub.publish`` routes a change through an index of equality
+constraints to groups, and decides **once per group** what the change means
+(enter, update with its diff, leave, or nothing).
+
+Two kinds of member:
+
+- a *queue* subscriber (the default: ``hub.subscriber()``) gets the group's
+  decision appended to its own bounded queue at once, and drains it with
+  ``get_batch()``; a full queue coalesces updates or cuts the subscriber off
+  with ``resync``.
+- a *push* subscriber (``hub.subscriber(outlet=...)``): the group's decisions
+  accumulate in a ``Batch`` that is handed, as the same object, to every
+  member's ``Outlet`` in a fan-out pass run from the event loop soon after.
+  Whatever the outlet derives from a batch (a JSON encoding, rendered HTML,
+  frame bytes) it may keep in ``batch.encoded``, so that a thousand members
+  cost one encoding and a thousand writes. While a pass is being written
+  (bounded work per loop turn, so writes and reads of other clients keep
+  their turn), new changes accumulate and go out together in the next pass.
+  The outlet owns its member's backlog and calls ``cut_off`` when it is full.
 
 A subscription that is told to ``resync`` is closed on the server: the client
 reloads its snapshot and subscribes again with ``resume_from`` set to the
@@ -17,8 +35,8 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Protocol
 
 from streaming.errors import SubscriptionError
 from streaming.events import ChangeEvent, Changes, diff, full_set, path_values
@@ -28,13 +46,16 @@ from streaming.types import DeliveryOp, Document, OverflowPolicy
 
 ClockMs = Callable[[], int]
 
+# Members handed their part of a fan-out pass per event-loop turn.
+FANOUT_CHUNK = 256
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 class Delivery:
-    """One item in a subscriber's queue: a change, a resync, or a control message."""
+    """One change as a subscription sees it, a resync, or a control message."""
 
     __slots__ = ("changes", "doc", "event", "message", "op", "sub_id")
 
@@ -48,21 +69,28 @@ class Delivery:
         self.changes = changes
         self.message = message
 
-    def to_message(self) -> dict[str, Any]:
-        """The WebSocket-contract form of this delivery."""
-        if self.message is not None:
-            return self.message
+    def for_subscription(self, sub_id: str) -> Delivery:
+        """This (shared) decision, addressed to one subscription."""
+        return Delivery(sub_id, self.op, self.event, doc=self.doc, changes=self.changes)
+
+    def body(self) -> dict[str, Any]:
+        """The change message without its ``type`` and ``id`` (the part all members share)."""
         event = self.event
         if event is None:
             raise ValueError("a change delivery needs an event")
-        msg: dict[str, Any] = {"type": "change", "id": self.sub_id, "seq": event.seq,
-                               "op": self.op, "collection": event.collection,
+        msg: dict[str, Any] = {"seq": event.seq, "op": self.op, "collection": event.collection,
                                "key": event.key, "at": event.at}
         if self.op in ("insert", "replace", "enter"):
             msg["doc"] = self.doc
         elif self.op == "update":
             msg["changes"] = (self.changes or Changes()).as_dict()
         return msg
+
+    def to_message(self) -> dict[str, Any]:
+        """The WebSocket-contract form of this delivery."""
+        if self.message is not None:
+            return self.message
+        return {"type": "change", "id": self.sub_id, **self.body()}
 
 
 def merge_changes(first: Changes, second: Changes) -> Changes:
@@ -79,11 +107,85 @@ def merge_changes(first: Changes, second: Changes) -> Changes:
     return Changes(merged, tuple(unset))
 
 
+def route(event: ChangeEvent, where: Filter | None, restriction: Predicate | None,
+          sub_id: str = "") -> Delivery | None:
+    """What ``event`` means to a subscription with this filter and restriction, or None."""
+    op = event.op
+    after = event.doc
+    before = event.before
+    if where is None:
+        image = after if after is not None else before
+        if restriction is not None and (image is None or not restriction(image)):
+            return None
+        if op == "update":
+            return Delivery(sub_id, "update", event, changes=event.changes)
+        return Delivery(sub_id, op, event, doc=after)
+    matches = where.matches
+    after_ok = after is not None and (restriction is None or restriction(after)) \
+        and matches(after)
+    if before is None and op != "insert":
+        # No previous version known: an upsert-style enter, or a leave if it is ours.
+        if after_ok:
+            return Delivery(sub_id, "enter", event, doc=after)
+        if after is not None and (restriction is None or restriction(after)):
+            return Delivery(sub_id, "leave", event)
+        return None
+    before_ok = before is not None and (restriction is None or restriction(before)) \
+        and matches(before)
+    if after_ok and before_ok:
+        changes = event.changes
+        if changes is None and after is not None:
+            changes = diff(before, after) if before is not None else full_set(after)
+        return Delivery(sub_id, "update", event, changes=changes)
+    if after_ok:
+        return Delivery(sub_id, "enter", event, doc=after)
+    if before_ok:
+        return Delivery(sub_id, "leave", event)
+    return None
+
+
+class Batch:
+    """A group's decisions for one fan-out pass, in ``seq`` order, shared by its members.
+
+    ``encoded`` is the members' outlets' cache: what one of them derives from the batch
+    (keyed by format), the next one reuses."""
+
+    __slots__ = ("deliveries", "encoded", "first_seq", "last_seq")
+
+    def __init__(self, deliveries: list[Delivery]) -> None:
+        self.deliveries = deliveries
+        self.first_seq = deliveries[0].event.seq if deliveries[0].event else 0
+        self.last_seq = deliveries[-1].event.seq if deliveries[-1].event else 0
+        self.encoded: dict[Hashable, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.deliveries)
+
+    def after(self, seq: int) -> Batch | None:
+        """The part of this batch newer than ``seq`` (a member that joined mid-way)."""
+        newer = [d for d in self.deliveries if d.event is not None and d.event.seq > seq]
+        return Batch(newer) if newer else None
+
+
+class Outlet(Protocol):
+    """Where a push subscriber's changes go (a socket, for the web app)."""
+
+    def deliver(self, items: list[tuple[Subscription, Batch]], seq: int) -> None:
+        """This member's part of a fan-out pass: per subscription, the group's batch; after
+        it the member has every change up to ``seq`` for all of its subscriptions."""
+
+    def control(self, message: dict[str, Any]) -> None:
+        """A control message (``subscribed``, ``resync``, …), in order with the changes."""
+
+    def __len__(self) -> int:
+        """What waits in this member's own backlog (its lag)."""
+
+
 class Subscription:
     """A collection, an optional ``where`` filter and a mandatory restriction."""
 
-    __slots__ = ("active", "collection", "id", "restriction", "restriction_fields",
-                 "subscriber", "where")
+    __slots__ = ("active", "collection", "context", "group", "id", "restriction",
+                 "restriction_fields", "since", "subscriber", "where")
 
     def __init__(self, subscriber: Subscriber, sub_id: str, collection: str,
                  where: Filter | None, restriction: dict[str, Any] | None) -> None:
@@ -96,53 +198,56 @@ class Subscription:
             equals_filter(self.restriction_fields) if self.restriction_fields else None
         )
         self.active = True
+        self.group: Group | None = None
+        # Changes up to this seq reached the member before it joined its group.
+        self.since = 0
+        # Free for the consumer (the web app keeps a subscription's encoded id here).
+        self.context: Any = None
 
     def route(self, event: ChangeEvent) -> Delivery | None:
         """What ``event`` means to this subscription, or None when nothing."""
-        op = event.op
-        after = event.doc
-        before = event.before
-        restriction = self.restriction
-        where = self.where
-        if where is None:
-            image = after if after is not None else before
-            if restriction is not None and (image is None or not restriction(image)):
-                return None
-            if op == "update":
-                return Delivery(self.id, "update", event, changes=event.changes)
-            return Delivery(self.id, op, event, doc=after)
-        matches = where.matches
-        after_ok = after is not None and (restriction is None or restriction(after)) \
-            and matches(after)
-        if before is None and op != "insert":
-            # No previous version known: an upsert-style enter, or a leave if it is ours.
-            if after_ok:
-                return Delivery(self.id, "enter", event, doc=after)
-            image = after if after is not None else None
-            if image is not None and (restriction is None or restriction(image)):
-                return Delivery(self.id, "leave", event)
-            return None
-        before_ok = before is not None and (restriction is None or restriction(before)) \
-            and matches(before)
-        if after_ok and before_ok:
-            changes = event.changes
-            if changes is None and after is not None:
-                changes = diff(before, after) if before is not None else full_set(after)
-            return Delivery(self.id, "update", event, changes=changes)
-        if after_ok:
-            return Delivery(self.id, "enter", event, doc=after)
-        if before_ok:
-            return Delivery(self.id, "leave", event)
-        return None
+        return route(event, self.where, self.restriction, self.id)
+
+    def group_key(self) -> tuple[Hashable, ...]:
+        """Equal for subscriptions whose output is identical."""
+        where = repr(self.where.node) if self.where is not None else None
+        restriction = tuple(sorted((k, repr(v)) for k, v in self.restriction_fields.items()))
+        return (self.collection, where, restriction)
+
+
+class Group:
+    """Subscriptions with the same collection, ``where`` and restriction: a change is
+    routed once for all of them."""
+
+    __slots__ = ("collection", "key", "pending", "pulled", "pushed", "restriction",
+                 "restriction_fields", "where")
+
+    def __init__(self, key: tuple[Hashable, ...], first: Subscription) -> None:
+        self.key = key
+        self.collection = first.collection
+        self.where = first.where
+        self.restriction = first.restriction
+        self.restriction_fields = first.restriction_fields
+        self.pulled: dict[Subscription, None] = {}
+        self.pushed: dict[Subscription, None] = {}
+        self.pending: list[Delivery] = []
+
+    def __len__(self) -> int:
+        return len(self.pulled) + len(self.pushed)
+
+    def route(self, event: ChangeEvent) -> Delivery | None:
+        return route(event, self.where, self.restriction)
 
 
 class Subscriber:
-    """One consumer's bounded queue and its subscriptions."""
+    """One consumer: its subscriptions, and its bounded queue (or its outlet)."""
 
-    def __init__(self, hub: Hub, *, maxsize: int, policy: OverflowPolicy) -> None:
+    def __init__(self, hub: Hub, *, maxsize: int, policy: OverflowPolicy,
+                 outlet: Outlet | None = None) -> None:
         self.hub = hub
         self.maxsize = maxsize
         self.policy = policy
+        self.outlet = outlet
         self.subscriptions: dict[str, Subscription] = {}
         self._queue: deque[Delivery] = deque()
         # The newest queued change per (subscription, key), built when the queue is first
@@ -155,7 +260,7 @@ class Subscriber:
         self.closed = False
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) if self.outlet is None else len(self.outlet)
 
     async def __aenter__(self) -> Subscriber:
         return self
@@ -190,6 +295,9 @@ class Subscriber:
 
     def send_control(self, message: dict[str, Any]) -> None:
         """Queue a control message (never dropped, may exceed the bound by a little)."""
+        if self.outlet is not None:
+            self.outlet.control(message)
+            return
         self._put(Delivery("", None, None, message=message))
 
     def drain(self, limit: int = 256) -> list[Delivery]:
@@ -229,7 +337,7 @@ class Subscriber:
         if self.policy == "coalesce" and self._coalesce(delivery):
             metrics.coalesced += 1
             return
-        self._cut_off(f"slow consumer: more than {self.maxsize} changes queued")
+        self.cut_off(f"slow consumer: more than {self.maxsize} changes queued", dropped=1)
 
     def _coalesce(self, delivery: Delivery) -> bool:
         if delivery.op != "update" or delivery.event is None:
@@ -251,8 +359,10 @@ class Subscriber:
         self._put(merged)
         return True
 
-    def _cut_off(self, reason: str) -> None:
-        dropped = sum(1 for d in self._queue if d.message is None) + 1
+    def cut_off(self, reason: str, dropped: int = 0) -> None:
+        """Drop what is queued for this member and ``resync`` each of its subscriptions
+        (its reader fell behind; an outlet says how many changes it dropped)."""
+        dropped += sum(1 for d in self._queue if d.message is None)
         self.dropped += dropped
         self.cutoffs += 1
         self.hub.metrics.dropped += dropped
@@ -275,39 +385,46 @@ def _merged_changes(queued: Delivery, newer: Delivery) -> Changes:
 
 
 class _Routes:
-    """One collection's subscriptions, indexed by an equality-constrained field."""
+    """One collection's groups, indexed by an equality-constrained field."""
 
     __slots__ = ("by_field", "unindexed")
 
     def __init__(self) -> None:
-        self.unindexed: dict[Subscription, None] = {}
-        self.by_field: dict[str, dict[Any, dict[Subscription, None]]] = {}
+        self.unindexed: dict[Group, None] = {}
+        self.by_field: dict[str, dict[Any, dict[Group, None]]] = {}
 
-    def add(self, sub: Subscription) -> None:
-        field, values = _index_key(sub)
+    def add(self, group: Group) -> None:
+        field, values = _index_key(group)
         if field is None:
-            self.unindexed[sub] = None
+            self.unindexed[group] = None
             return
         index = self.by_field.setdefault(field, {})
         for value in values:
-            index.setdefault(value, {})[sub] = None
+            index.setdefault(value, {})[group] = None
 
-    def remove(self, sub: Subscription) -> None:
-        field, values = _index_key(sub)
+    def remove(self, group: Group) -> None:
+        field, values = _index_key(group)
         if field is None:
-            self.unindexed.pop(sub, None)
+            self.unindexed.pop(group, None)
             return
         index = self.by_field.get(field, {})
         for value in values:
             bucket = index.get(value)
             if bucket is not None:
-                bucket.pop(sub, None)
+                bucket.pop(group, None)
                 if not bucket:
                     del index[value]
         if not index:
             self.by_field.pop(field, None)
 
-    def candidates(self, event: ChangeEvent) -> Iterator[Subscription]:
+    def groups(self) -> list[Group]:
+        found = list(self.unindexed)
+        for index in self.by_field.values():
+            for bucket in index.values():
+                found.extend(bucket)
+        return list(dict.fromkeys(found))
+
+    def candidates(self, event: ChangeEvent) -> Iterator[Group]:
         yield from self.unindexed
         if not self.by_field:
             return
@@ -318,47 +435,76 @@ class _Routes:
             if len(buckets) == 1:
                 yield from buckets[0]
             elif buckets:
-                yield from dict.fromkeys(sub for bucket in buckets for sub in bucket)
+                yield from dict.fromkeys(group for bucket in buckets for group in bucket)
 
 
-def _index_key(sub: Subscription) -> tuple[str | None, frozenset[Any]]:
-    for field, value in sub.restriction_fields.items():
+def _index_key(group: Group) -> tuple[str | None, frozenset[Any]]:
+    for field, value in group.restriction_fields.items():
         if hashable(value):
             return field, frozenset([value])
-    if sub.where is not None:
-        for field, values in sub.where.constraints.items():
+    if group.where is not None:
+        for field, values in group.where.constraints.items():
             return field, values
     return None, frozenset()
 
 
+class _Pass:
+    """One fan-out pass being written: each push member's part, and how far it got."""
+
+    __slots__ = ("items", "next", "seq")
+
+    def __init__(self, items: list[tuple[Subscriber, list[tuple[Subscription, Batch]]]],
+                 seq: int) -> None:
+        self.items = items
+        self.seq = seq
+        self.next = 0
+
+
 class Hub:
-    """Assigns ``seq``, keeps the replay ring, routes changes to subscriptions."""
+    """Assigns ``seq``, keeps the replay ring, routes changes to groups, fans them out."""
 
     def __init__(self, *, collections: tuple[str, ...] | list[str] | None = None,
                  buffer_size: int = 10_000, queue_size: int = 1_000,
                  policy: OverflowPolicy = "coalesce", first_seq: int | None = None,
-                 metrics: EngineMetrics | None = None, clock_ms: ClockMs = _now_ms) -> None:
+                 metrics: EngineMetrics | None = None, clock_ms: ClockMs = _now_ms,
+                 fanout_chunk: int = FANOUT_CHUNK) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size!r}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size!r}")
+        if fanout_chunk < 1:
+            raise ValueError(f"fanout_chunk must be >= 1, got {fanout_chunk!r}")
         self.collections = tuple(collections) if collections is not None else None
         self.queue_size = queue_size
         self.policy: OverflowPolicy = policy
         self.metrics = metrics or EngineMetrics()
+        self.fanout_chunk = fanout_chunk
         self._clock_ms = clock_ms
         # Start from the clock so another process's (or an earlier run's) seq never
         # lands inside ours: resuming across instances resyncs instead of replaying wrongly.
         self._seq = first_seq if first_seq is not None else clock_ms() * 1000
         self._ring: deque[ChangeEvent] = deque(maxlen=buffer_size)
         self._routes: dict[str, _Routes] = {}
+        self._groups: dict[tuple[Hashable, ...], Group] = {}
         self._barrier: dict[str, int] = {}
         self._subscribers: set[Subscriber] = set()
+        # Push fan-out: groups with pending changes, the pass being written, the next turn.
+        self._dirty: dict[Group, None] = {}
+        self._pass: _Pass | None = None
+        self._turn: asyncio.Handle | None = None
+        self._settled = self._seq
 
     @property
     def seq(self) -> int:
         """The ``seq`` of the last emitted change (a snapshot taken now is complete up to it)."""
         return self._seq
+
+    @property
+    def settled_seq(self) -> int:
+        """Every push member has been handed every change up to this ``seq``."""
+        if self._pass is None and not self._dirty:
+            return self._seq
+        return self._settled
 
     @property
     def subscriber_count(self) -> int:
@@ -373,18 +519,23 @@ class Hub:
         """Active subscriptions across all subscribers."""
         return sum(len(s.subscriptions) for s in self._subscribers)
 
-    def subscriber(self, *, maxsize: int | None = None,
-                   policy: OverflowPolicy | None = None) -> Subscriber:
-        """A new consumer with its own bounded queue."""
+    def group_sizes(self) -> list[int]:
+        """Members per group, largest first."""
+        return sorted((len(g) for g in self._groups.values()), reverse=True)
+
+    def subscriber(self, *, maxsize: int | None = None, policy: OverflowPolicy | None = None,
+                   outlet: Outlet | None = None) -> Subscriber:
+        """A new consumer: with its own bounded queue, or pushing to ``outlet``."""
         subscriber = Subscriber(self, maxsize=maxsize or self.queue_size,
-                                policy=policy or self.policy)
+                                policy=policy or self.policy, outlet=outlet)
         self._subscribers.add(subscriber)
         return subscriber
 
     def subscribe(self, subscriber: Subscriber, sub_id: str, collection: str, *,
                   where: Filter | None = None, restriction: dict[str, Any] | None = None,
                   resume_from: int | None = None) -> Subscription:
-        """Queue ``subscribed``, then replay from ``resume_from`` (or ``resync``), then go live."""
+        """Send ``subscribed``, then replay from ``resume_from`` (or ``resync``), then join
+        the subscription's group."""
         if subscriber.closed:
             raise SubscriptionError("this subscriber is closed")
         if self.collections is not None and collection not in self.collections:
@@ -401,15 +552,35 @@ class Hub:
             if reason is not None:
                 self.resync(sub, reason)
                 return sub
-            for event in self._since(resume_from):
-                if event.collection == collection:
-                    delivery = sub.route(event)
-                    if delivery is not None:
-                        subscriber.offer(sub, delivery)
-                        if not sub.active:
-                            return sub
-        self._routes.setdefault(collection, _Routes()).add(sub)
+            self._replay(sub, resume_from)
+            if not sub.active:
+                return sub
+        sub.since = self._seq
+        self._join(sub)
         return sub
+
+    def _replay(self, sub: Subscription, resume_from: int) -> None:
+        replayed = [d for event in self._since(resume_from)
+                    if event.collection == sub.collection and (d := sub.route(event)) is not None]
+        subscriber = sub.subscriber
+        if subscriber.outlet is None:
+            for delivery in replayed:
+                subscriber.offer(sub, delivery)
+                if not sub.active:
+                    return
+        elif replayed:
+            self.metrics.deliveries += len(replayed)
+            subscriber.outlet.deliver([(sub, Batch(replayed))], self.settled_seq)
+
+    def _join(self, sub: Subscription) -> None:
+        key = sub.group_key()
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = Group(key, sub)
+            self._routes.setdefault(sub.collection, _Routes()).add(group)
+        members = group.pulled if sub.subscriber.outlet is None else group.pushed
+        members[sub] = None
+        sub.group = group
 
     def _replay_gap(self, collection: str, resume_from: int) -> str | None:
         if resume_from > self._seq:
@@ -433,15 +604,29 @@ class Hub:
 
     def close_all(self) -> None:
         """Close every subscriber (the engine is stopping)."""
+        if self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
+        self._pass = None
+        self._dirty.clear()
         for subscriber in list(self._subscribers):
             subscriber.close()
 
     def detach(self, sub: Subscription) -> None:
-        if sub.active:
-            sub.active = False
-            routes = self._routes.get(sub.collection)
+        if not sub.active:
+            return
+        sub.active = False
+        group, sub.group = sub.group, None
+        if group is None:
+            return
+        group.pulled.pop(sub, None)
+        group.pushed.pop(sub, None)
+        if not group.pulled and not group.pushed and self._groups.get(group.key) is group:
+            del self._groups[group.key]
+            self._dirty.pop(group, None)
+            routes = self._routes.get(group.collection)
             if routes is not None:
-                routes.remove(sub)
+                routes.remove(group)
 
     def resync(self, sub: Subscription, reason: str) -> None:
         """End ``sub`` with a ``resync`` message: its client reloads a snapshot."""
@@ -453,20 +638,97 @@ class Hub:
     def publish(self, *, op: str, collection: str, key: Any, doc: Document | None,
                 before: Document | None, changes: Changes | None, at: int | None = None,
                 token: Any = None) -> ChangeEvent:
-        """Emit one change: next ``seq``, into the ring, to every subscription it concerns."""
+        """Emit one change: next ``seq``, into the ring, to every group it concerns."""
         self._seq += 1
         event = ChangeEvent(self._seq, op, collection, key, doc, before, changes,  # type: ignore[arg-type]
                             at if at is not None else self._clock_ms(), token)
         self._ring.append(event)
         self.metrics.changes[collection] += 1
         routes = self._routes.get(collection)
-        if routes is not None:
-            # A copy: a cut-off during the loop removes subscriptions from the index.
-            for sub in list(routes.candidates(event)):
-                delivery = sub.route(event)
-                if delivery is not None:
-                    sub.subscriber.offer(sub, delivery)
+        if routes is None:
+            return event
+        pushed = False
+        # A copy: a cut-off during the loop removes groups from the index.
+        for group in list(routes.candidates(event)):
+            delivery = group.route(event)
+            if delivery is None:
+                continue
+            if group.pushed:
+                group.pending.append(delivery)
+                self._dirty[group] = None
+                pushed = True
+            if group.pulled:
+                for sub in list(group.pulled):
+                    sub.subscriber.offer(sub, delivery.for_subscription(sub.id))
+        if pushed:
+            self._schedule()
         return event
+
+    # ---- push fan-out -----------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._turn is not None or self._pass is not None:
+            return  # the pass being written starts the next one when it ends
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()  # no event loop (a script, a unit test): hand it over now
+            return
+        self._turn = loop.call_soon(self._step)
+
+    def flush(self) -> None:
+        """Write every pending fan-out pass to the end, now."""
+        if self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
+        while self._pass is not None or self._dirty:
+            self._write(limit=None)
+
+    def _step(self) -> None:
+        self._turn = None
+        self._write(limit=self.fanout_chunk)
+        if self._pass is not None or self._dirty:
+            self._turn = asyncio.get_running_loop().call_soon(self._step)
+
+    def _write(self, limit: int | None) -> None:
+        current = self._pass
+        if current is None:
+            current = self._pass = self._start_pass()
+        items = current.items
+        end = len(items) if limit is None else min(len(items), current.next + limit)
+        seq = current.seq
+        for n in range(current.next, end):
+            subscriber, parts = items[n]
+            if not subscriber.closed and subscriber.outlet is not None:
+                subscriber.outlet.deliver(parts, seq)
+        current.next = end
+        if end >= len(items):
+            self._pass = None
+            self._settled = seq
+            self.metrics.fanout_passes += 1
+
+    def _start_pass(self) -> _Pass:
+        dirty, self._dirty = self._dirty, {}
+        members: dict[Subscriber, list[tuple[Subscription, Batch]]] = {}
+        delivered = 0
+        for group in dirty:
+            if not group.pending:
+                continue
+            batch = Batch(group.pending)
+            group.pending = []
+            first = batch.first_seq
+            for sub in group.pushed:
+                part: Batch | None = batch if sub.since < first else batch.after(sub.since)
+                if part is None:
+                    continue
+                delivered += len(part)
+                parts = members.get(sub.subscriber)
+                if parts is None:
+                    members[sub.subscriber] = [(sub, part)]
+                else:
+                    parts.append((sub, part))
+        self.metrics.deliveries += delivered
+        return _Pass(list(members.items()), self._seq)
 
     def history_lost(self, collection: str, reason: str) -> int:
         """Tell every subscription of ``collection`` to resync; returns how many."""
@@ -474,11 +736,7 @@ class Hub:
         routes = self._routes.pop(collection, None)
         if routes is None:
             return 0
-        subs = list(routes.unindexed)
-        for index in routes.by_field.values():
-            for bucket in index.values():
-                subs.extend(bucket)
-        unique = list(dict.fromkeys(subs))
-        for sub in unique:
+        subs = [sub for group in routes.groups() for sub in (*group.pulled, *group.pushed)]
+        for sub in subs:
             self.resync(sub, reason)
-        return len(unique)
+        return len(subs)

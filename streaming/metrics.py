@@ -99,6 +99,7 @@ class MetricsStats:
     cutoffs: int
     empty_updates_skipped: int
     queue_depth_max: int
+    fanout_passes: int
     handoff_latency_ms: LatencySummary
     delivery_latency_ms: LatencySummary
 
@@ -115,6 +116,7 @@ class EngineMetrics:
         self.cutoffs = 0
         self.empty_updates = 0
         self.queue_depth_max = 0
+        self.fanout_passes = 0
         self.handoff = LatencyRecorder()
         self.delivery = LatencyRecorder()
 
@@ -125,5 +127,5 @@ class EngineMetrics:
             deliveries=self.deliveries, coalesced=self.coalesced, dropped=self.dropped,
             resyncs=self.resyncs, cutoffs=self.cutoffs,
             empty_updates_skipped=self.empty_updates, queue_depth_max=self.queue_depth_max,
-            handoff_latency_ms=self.handoff.summary(),
+            fanout_passes=self.fanout_passes, handoff_latency_ms=self.handoff.summary(),
             delivery_latency_ms=self.delivery.summary())

@@ -28,7 +28,6 @@ from backend.web.http.openapi import openapi
 from backend.web.http.security import GuardMiddleware
 from backend.web.live.json_socket import websocket_endpoint
 from backend.web.live.page_socket import live_endpoint
-from backend.web.live.renders import RenderCache
 from backend.web.live.session import end_revoked_sessions
 from backend.web.pages import routes as pages
 from backend.web.pages.templates import STATIC_DIR, make_templates
@@ -98,6 +97,16 @@ def routes() -> list[BaseRoute]:
     ]
 
 
+async def ensure_seeded(db: Database, settings: Settings) -> None:
+    """Load the demo data into an empty database."""
+    if not await is_seeded(db.db):
+        report = await seed_database(db.db, admin_password=settings.admin_password,
+                                     demo_password=settings.demo_password)
+        if not report.skipped:
+            logger.info("seeded demo data: %s products, %s users, %s orders",
+                        report.products, report.users, report.orders)
+
+
 def create_app(settings: Settings, *, database: Database | None = None) -> Starlette:
     """Build the app; it opens its own database unless one is handed in."""
 
@@ -106,14 +115,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
         async with contextlib.AsyncExitStack() as stack:
             db = database if database is not None else \
                 await stack.enter_async_context(open_database(settings))
-            if not await is_seeded(db.db):
-                report = await seed_database(
-                    db.db, admin_password=settings.admin_password,
-                    demo_password=settings.demo_password,
-                )
-                if not report.skipped:
-                    logger.info("seeded demo data: %s products, %s users, %s orders",
-                                report.products, report.users, report.orders)
+            await ensure_seeded(db, settings)
             engine = build_engine(db, settings)
             await engine.start()
             stack.push_async_callback(engine.stop)
@@ -144,7 +146,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
             stack.push_async_callback(history.stop)
             state = AppState(settings=settings, database=db, engine=engine,
                              analytics=analytics, pipeline=pipeline, templates=make_templates(),
-                             renders=RenderCache(), passwords=passwords, history=history)
+                             passwords=passwords, history=history)
             stack.callback(engine.listen(end_revoked_sessions(state)))
             yield {STATE_KEY: state}
 

@@ -9,12 +9,17 @@ per-message deflate.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+from websockets.protocol import State
 
 from backend.infra.settings import Settings
+from backend.web.live.frames import WIRE_EXTENSION
 
 # The protocol's own frame limit, a backstop above the sockets' 64 KiB message limit, so
 # that an oversized message gets an error frame and the connection stays.
@@ -58,14 +63,53 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+class FrameProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, offering the app a ``Wire``: frames the app
+    built once are written straight to this connection's transport (a per-client ASGI
+    ``send`` costs more than everything else a broadcast does). The protocol keeps doing
+    the rest: the handshake, ping/pong, the close handshake, and flow control, whose
+    pause and resume it passes on (``paused``, ``on_drain``)."""
+
+    on_drain: Callable[[], None] | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][WIRE_EXTENSION] = {"wire": self}
+
+    def frames_open(self) -> bool:
+        return (self.handshake_complete and not self.close_sent and not self.disconnected
+                and self.conn.state is State.OPEN and not self.transport.is_closing())
+
+    def paused(self) -> bool:
+        return not self.writable.is_set()
+
+    def write_frames(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.on_drain is not None:
+            self.on_drain()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_drain = None
+        super().connection_lost(exc)
+
+
 def server_config(app: ASGIApp, settings: Settings, *, host: str | None = None,
-                  port: int | None = None) -> uvicorn.Config:
-    """The uvicorn configuration ChangeCast runs with."""
+                  port: int | None = None, fd: int | None = None) -> uvicorn.Config:
+    """The uvicorn configuration ChangeCast runs with (on the listening socket ``fd``, if
+    given: a worker of ``changecast serve --workers N``)."""
     protocol = type("HeaderDeadline", (HeaderDeadlineProtocol,),
                     {"header_timeout": settings.header_timeout_s})
     return uvicorn.Config(
-        app, host=host or settings.host, port=port or settings.port, log_config=None,
-        lifespan="on", http=protocol, ws="websockets-sansio", ws_max_size=WS_MAX_SIZE,
+        app, host=host or settings.host, port=port or settings.port, fd=fd, log_config=None,
+        lifespan="on", http=protocol, ws=FrameProtocol, ws_max_size=WS_MAX_SIZE,
         # Frames are small JSON or HTML: per-message deflate would cost ~45 KiB of zlib
         # state per connection and CPU per frame for little gain.
         ws_per_message_deflate=False,

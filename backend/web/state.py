@@ -24,7 +24,6 @@ from backend.pipeline import Pipeline
 from streaming import ChangeEngine, Document
 
 if TYPE_CHECKING:
-    from backend.web.live.renders import RenderCache
     from backend.web.live.session import Session
 
 STATE_KEY = "app"
@@ -40,7 +39,6 @@ class AppState:
     analytics: LiveAnalytics
     pipeline: Pipeline | None
     templates: Jinja2Templates
-    renders: RenderCache
     history: HistoryMonitor
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     passwords: PasswordPool = field(default_factory=PasswordPool)

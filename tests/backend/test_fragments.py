@@ -11,11 +11,12 @@ import pytest
 
 from backend.domain.analytics import trend
 from backend.domain.users import User
-from backend.web.live.renders import RenderCache
+from backend.web.live.frames import frame_payloads
+from backend.web.live.page_socket import PageOutlet, coalesced
 from backend.web.pages.fragments import Fragments, dom_id, money, stock_level
 from backend.web.pages.templates import make_templates
 from backend.web.pages.views import AdminView, PortalView, status_filter
-from streaming import ChangeEvent, Delivery, DocumentCache
+from streaming import Batch, ChangeEvent, Delivery, DocumentCache, Hub
 from streaming.events import diff
 
 ADA = User(id="user-customer01", email="customer01@example.com", name="Ada", role="customer")
@@ -180,19 +181,67 @@ def test_trend_fills_every_minute_of_the_window() -> None:
     assert [b - a for a, b in itertools.pairwise(xs)] == [60] * 4
 
 
-def test_render_cache_renders_a_change_once_for_every_page_of_a_kind() -> None:
-    renders = RenderCache(maxsize=2)
+class Wire:
+    """A socket that takes everything (what the outlet wrote, as frame payloads)."""
+
+    on_drain = None
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+
+    def frames_open(self) -> bool:
+        return True
+
+    def paused(self) -> bool:
+        return False
+
+    def write_frames(self, data: bytes) -> None:
+        self.frames.extend(p.decode() for p in frame_payloads(data))
+
+    def abort(self) -> None:
+        raise AssertionError("not expected")
+
+
+def test_a_batch_renders_once_for_every_page_of_a_kind_and_differs_per_kind() -> None:
     shared = state([PRODUCT])
-    ada = PortalView(shared, ADA, fragments())
-    bob = PortalView(shared, User("user-customer02", "customer02@example.com", "Bob", "customer"),
-                     fragments())
-    change = delivery("update", "products", dict(PRODUCT, stock=3), PRODUCT, seq=11)
-    assert renders.render(ada, change) == renders.render(bob, change) == ada.render(change)
-    assert (renders.misses, renders.hits) == (1, 1)
-    admin = AdminView(shared, ROOT_USER, fragments())
-    assert renders.render(admin, change) != renders.render(ada, change)  # another kind of page
-    renders.render(ada, delivery("update", "products", PRODUCT, dict(PRODUCT, stock=3), seq=12))
-    renders.render(ada, change)
-    assert renders.misses == 3  # the least recently used entry went: the admin's
-    renders.render(admin, change)
-    assert renders.misses == 4
+    bob = User("user-customer02", "customer02@example.com", "Bob", "customer")
+    views = [PortalView(shared, ADA, fragments()), PortalView(shared, bob, fragments()),
+             AdminView(shared, ROOT_USER, fragments())]
+    hub = Hub(collections=["products"], first_seq=10)
+    wires = []
+    for view in views:
+        wire = Wire()
+        outlet = PageOutlet(wire, view)
+        subscriber = hub.subscriber(outlet=outlet)
+        outlet.attach(subscriber)
+        subscriber.subscribe("products", "products")
+        wires.append(wire)
+    rendered = 0
+    original = PortalView.render
+
+    def counting(self: PortalView, d: Delivery) -> list[str]:
+        nonlocal rendered
+        rendered += 1
+        return original(self, d)
+
+    PortalView.render = counting  # type: ignore[method-assign]
+    try:
+        hub.publish(op="update", collection="products", key=PRODUCT["_id"],
+                    doc=dict(PRODUCT, stock=3), before=PRODUCT, changes=None)
+    finally:
+        PortalView.render = original  # type: ignore[method-assign]
+    assert rendered == 1
+    ada_frames, bob_frames, admin_frames = (w.frames for w in wires)
+    assert ada_frames == bob_frames and ada_frames != admin_frames
+    assert "product-SKU-1-live" in ada_frames[0] and 'data-seq="11"' in ada_frames[-1]
+
+
+def test_a_page_batch_keeps_only_the_latest_state_of_each_document() -> None:
+    new = delivery("insert", "products", PRODUCT, None, seq=1)
+    later = delivery("update", "products", dict(PRODUCT, stock=3), PRODUCT, seq=2)
+    other = delivery("update", "products", dict(PRODUCT, _id="SKU-2"), None, seq=3)
+    latest = delivery("update", "products", dict(PRODUCT, stock=2), PRODUCT, seq=4)
+    result = coalesced(Batch([new, later, other, latest]).deliveries)
+    assert [(d.op, d.event.seq if d.event else None) for d in result] == [
+        ("update", 3), ("insert", 4)]
+    assert result[1].doc == dict(PRODUCT, stock=2)  # the card appears with the latest stock

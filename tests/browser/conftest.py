@@ -13,6 +13,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend.web.live.frames import WIRE_EXTENSION
 from tests.support.server import Captured, serve_site
 
 CHROMIUM = "/usr/bin/chromium"
@@ -38,6 +39,34 @@ class Site:
         return [c for c in self.front.app_state.connections
                 if getattr(c, "view", None) is not None and c.view.name == view
                 and c.view.user.email == email]
+
+
+class MutableWire:
+    """The protocol's frame writer, passing frames on until its socket is muted."""
+
+    def __init__(self, wire: Any, muted: set[object], token: object) -> None:
+        self._wire, self._muted, self._token = wire, muted, token
+
+    @property
+    def on_drain(self) -> Any:
+        return self._wire.on_drain
+
+    @on_drain.setter
+    def on_drain(self, callback: Any) -> None:
+        self._wire.on_drain = callback
+
+    def frames_open(self) -> bool:
+        return bool(self._wire.frames_open())
+
+    def paused(self) -> bool:
+        return bool(self._wire.paused())
+
+    def abort(self) -> None:
+        self._wire.abort()
+
+    def write_frames(self, data: bytes) -> None:
+        if self._token not in self._muted:  # else: lost on the way
+            self._wire.write_frames(data)
 
 
 class Front(Captured):
@@ -67,6 +96,9 @@ class Front(Captured):
                 await send({"type": "websocket.close", "code": 1013})  # before accept: 403
                 return
             token = object()
+            wires = scope.get("extensions", {}).get(WIRE_EXTENSION)
+            if wires is not None:  # the frames the app writes straight to the socket
+                wires["wire"] = MutableWire(wires["wire"], self._muted, token)
 
             async def maybe_send(message: Message) -> None:
                 if token in self._muted and message["type"] == "websocket.send":

@@ -1,9 +1,10 @@
 """``/ws``: live subscriptions over a WebSocket (the contract in ``docs/protocol.md``).
 
-One task reads client messages, one sends from the connection's bounded
-subscriber queue; the hub never waits for either. Authorization is decided
-here, once per subscription: the restriction is part of the subscription, so
-it costs no database read per change.
+One task reads client messages; changes are pushed by the hub's fan-out passes
+through a ``JsonOutlet``: each change of a group is JSON-encoded once (without the
+subscription id), and each member's frame is its own id spliced in front of those
+shared bytes. Authorization is decided here, once per subscription: the restriction is
+part of the subscription (and of its group), so it costs no database read per change.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -19,19 +19,61 @@ from starlette.websockets import WebSocket
 from backend.domain.access import subscription_rule
 from backend.web.http.auth import current_user
 from backend.web.jsonio import dumps
+from backend.web.live.frames import SocketOutlet, text_frame, wire_of
 from backend.web.live.session import SESSION_ENDED, Session
 from backend.web.state import app_state
-from streaming import Delivery, FilterError, SubscriptionError, compile_filter
+from streaming import Batch, FilterError, Subscription, SubscriptionError, compile_filter
 
 logger = logging.getLogger("changecast.ws")
 
 MAX_MESSAGE = 64 * 1024
 MAX_SUBSCRIPTIONS = 32
+JSON = "json"  # the key of a batch's shared encoding
+
+
 def _error(code: str, message: str, sub_id: Any = None) -> dict[str, Any]:
     body: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if sub_id is not None:
         body["id"] = sub_id
     return body
+
+
+def _shared_bodies(batch: Batch) -> list[tuple[int, bytes]]:
+    """Per change of the batch: its seq and its message after the id, encoded once."""
+    bodies: list[tuple[int, bytes]] | None = batch.encoded.get(JSON)
+    if bodies is None:
+        bodies = batch.encoded[JSON] = [
+            (d.event.seq if d.event is not None else 0, dumps(d.body())[1:])
+            for d in batch.deliveries]
+    return bodies
+
+
+def _id_prefix(sub: Subscription) -> bytes:
+    prefix: bytes | None = sub.context
+    if prefix is None:
+        prefix = sub.context = b'{"type":"change","id":' + dumps(sub.id) + b","
+    return prefix
+
+
+class JsonOutlet(SocketOutlet):
+    """The ``/ws`` contract's frames: one JSON message per frame, every change in seq order
+    (a pass's frames for one connection go out in one write)."""
+
+    def deliver(self, items: list[tuple[Subscription, Batch]], seq: int) -> None:
+        if len(items) == 1:
+            sub, batch = items[0]
+            if sub.active:
+                prefix = _id_prefix(sub)
+                self.write(b"".join([text_frame(prefix + body)
+                                     for _, body in _shared_bodies(batch)]), len(batch))
+            return
+        frames = sorted((at, text_frame(_id_prefix(sub) + body))
+                        for sub, batch in items if sub.active
+                        for at, body in _shared_bodies(batch))
+        self.write(b"".join([frame for _, frame in frames]), len(frames))
+
+    def control(self, message: dict[str, Any]) -> None:
+        self.write(text_frame(dumps(message)))
 
 
 class Connection(Session):
@@ -51,7 +93,8 @@ class Connection(Session):
             return
         op = msg.get("op")
         if op == "ping":
-            self.subscriber.send_control({"type": "pong", "seq": self.engine.seq})
+            # Every change up to this seq has been handed to this socket.
+            self.subscriber.send_control({"type": "pong", "seq": self.engine.settled_seq})
         elif op == "subscribe":
             await self._subscribe(msg)
         elif op == "unsubscribe":
@@ -106,16 +149,10 @@ class Connection(Session):
             self.subscriber.send_control(_error(code, str(exc), sub_id))
 
     async def _send_loop(self) -> None:
-        while True:
-            batch = await self.subscriber.get_batch()
-            if not batch:
-                await self.websocket.close(code=1001, reason="server shutting down")
-                return
-            now = time.time() * 1000
-            for delivery in batch:
-                await self.websocket.send_text(self._encode(delivery))
-                if delivery.event is not None:
-                    self.engine.observe_delivery(delivery.event.at, now)
+        # Changes and replies are pushed; this task only sees the engine stop.
+        while await self.subscriber.get_batch():
+            pass
+        await self.websocket.close(code=1001, reason="server shutting down")
 
     async def _watch(self) -> None:
         """A socket that never subscribes is closed after ``idle_socket_s``."""
@@ -123,17 +160,15 @@ class Connection(Session):
         if not self.subscriber.subscriptions:
             await self.close(SESSION_ENDED, "no subscription; connect again when you need one")
 
-    @staticmethod
-    def _encode(delivery: Delivery) -> str:
-        return dumps(delivery.to_message()).decode()
-
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     """Accept, serve subscriptions until the client leaves or the server stops."""
     user = await current_user(websocket)
     await websocket.accept()
     state = app_state(websocket)
-    subscriber = state.engine.subscriber()
+    outlet = JsonOutlet(wire_of(websocket))
+    subscriber = state.engine.subscriber(outlet=outlet)
+    outlet.attach(subscriber)
     connections = state.connections
     connection = Connection(websocket, subscriber, user)
     connections.add(connection)

@@ -19,15 +19,18 @@ import contextlib
 import json
 import logging
 import time
+from typing import Any
 
 from starlette.websockets import WebSocket
 
 from backend.web.http.auth import current_user
+from backend.web.live.frames import SocketOutlet, Wire, text_frame, wire_of
 from backend.web.live.session import Session
+from backend.web.pages.fragments import Fragments
 from backend.web.pages.templates import make_fragments
 from backend.web.pages.views import VIEWS, DashboardView, Sub, View, status_filter, system_figures
 from backend.web.state import app_state
-from streaming import Subscriber
+from streaming import Batch, Delivery, Subscriber, Subscription
 
 logger = logging.getLogger("changecast.live")
 
@@ -37,14 +40,89 @@ KPI_MIN_INTERVAL_S = 0.2
 TREND_EVERY_S = 15.0
 
 
+def coalesced(deliveries: list[Delivery]) -> list[Delivery]:
+    """Only the latest state of each document matters to a page: one delivery per key,
+    keeping how the document first appeared in the batch (an insert then updates is still
+    an insert, with the latest document)."""
+    latest: dict[Any, Delivery] = {}
+    for delivery in deliveries:
+        event = delivery.event
+        if event is None:
+            continue
+        key = (event.collection, event.key)
+        first = latest.pop(key, None)
+        if first is not None and first.op in ("insert", "enter") \
+                and delivery.op in ("update", "replace"):
+            delivery = Delivery("", first.op, event, doc=event.doc)
+        latest[key] = delivery
+    return list(latest.values())
+
+
+class PageOutlet(SocketOutlet):
+    """A page's frames: per group batch, one HTML frame of fragments rendered once for
+    every page of the same kind; then the ``cc-seq`` marker. Re-reads (``resync``,
+    ``reload``) need the database, so they are queued for the connection's task, and what
+    arrives meanwhile waits behind them."""
+
+    def __init__(self, wire: Wire, view: View) -> None:
+        super().__init__(wire)
+        self.view = view
+        self.fragments: Fragments = view.fragments
+        self.requests: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._marker: tuple[int, bytes] = (-1, b"")
+
+    def marker(self, seq: int) -> bytes:
+        if self._marker[0] != seq:
+            self._marker = (seq, text_frame(self.fragments.seq(seq).encode()))
+        return self._marker[1]
+
+    def _fragments(self, batch: Batch) -> bytes:
+        """The batch's fragments on this kind of page, rendered once for all of them."""
+        html: bytes | None = batch.encoded.get(self.view.name)
+        if html is None:
+            parts = [part for d in coalesced(batch.deliveries) for part in self.view.render(d)]
+            html = batch.encoded[self.view.name] = "".join(parts).encode()
+        return html
+
+    def deliver(self, items: list[tuple[Subscription, Batch]], seq: int) -> None:
+        """One frame: the fragments, then the marker (the contract's frame shape)."""
+        live = [batch for sub, batch in items if sub.active]
+        if len(live) == 1:
+            batch = live[0]
+            key = (self.view.name, seq)
+            frame: bytes | None = batch.encoded.get(key)
+            if frame is None:
+                html = self._fragments(batch)
+                frame = batch.encoded[key] = \
+                    text_frame(html + self.fragments.seq(seq).encode()) if html else b""
+            self.write(frame, len(batch))
+        elif live:
+            html = b"".join(self._fragments(batch) for batch in live)
+            if html:
+                self.write(text_frame(html + self.fragments.seq(seq).encode()),
+                           sum(len(batch) for batch in live))
+
+    def control(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "caught_up":
+            self.write(self.marker(int(message["seq"])))
+        elif kind == "toast":
+            fragment = self.fragments.toast(str(message["message"]), str(message.get("kind", "info")))
+            self.write(text_frame(fragment.encode()))
+        elif kind in ("resync", "reload"):
+            self.hold()
+            self.requests.put_nowait(message)
+
+
 class LiveConnection(Session):
     """One page's socket: subscriptions from its view, frames of fragments out."""
 
-    def __init__(self, websocket: WebSocket, view: View, subscriber: Subscriber) -> None:
+    def __init__(self, websocket: WebSocket, view: View, subscriber: Subscriber,
+                 outlet: PageOutlet | None) -> None:
         super().__init__(websocket, subscriber, view.user)
         self.view = view
         self.fragments = view.fragments
-        self.renders = self.state.renders
+        self.outlet = outlet
         self.subs: dict[str, Sub] = {}
 
     def subscribe_all(self, resume_from: int | None) -> None:
@@ -58,8 +136,8 @@ class LiveConnection(Session):
                                   restriction=sub.restriction, resume_from=resume_from)
 
     def _caught_up(self) -> None:
-        # Everything queued before this marker is what the page needs to reach this seq.
-        self.subscriber.send_control({"type": "caught_up", "seq": self.engine.seq})
+        # Everything written before this marker is what the page needs to reach this seq.
+        self.subscriber.send_control({"type": "caught_up", "seq": self.engine.settled_seq})
 
     # ---- client → server -------------------------------------------------------------------
 
@@ -87,49 +165,45 @@ class LiveConnection(Session):
     # ---- server → client -------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        if isinstance(self.view, DashboardView):
+        """Changes are pushed by the hub; this task does what needs the database."""
+        if isinstance(self.view, DashboardView) or self.outlet is None:
             await self._dashboard_loop()
             return
-        heartbeat = self.state.settings.heartbeat_s
+        outlet = self.outlet
         while True:
-            try:
-                batch = await asyncio.wait_for(self.subscriber.get_batch(), heartbeat)
-            except TimeoutError:
-                # Nothing for this page for a while: say so, so that it can tell a quiet
-                # socket from a dead network. The page is current as of the engine's seq
-                # only while nothing is queued for it (a change may have arrived meanwhile:
-                # then the loop sends it, with its own marker, first).
-                if not len(self.subscriber):
-                    await self.websocket.send_text(self.fragments.seq(self.engine.seq))
-                continue
-            if not batch:
-                await self._close_for_restart()
-                return
+            # Every re-read asked for so far, in one frame (a page resyncing after a long
+            # absence reloads its three collections at once).
+            messages = [await outlet.requests.get()]
+            while not outlet.requests.empty():
+                messages.append(outlet.requests.get_nowait())
             parts: list[str] = []
-            seq: int | None = None
-            now = time.time() * 1000
-            for delivery in batch:
-                message = delivery.message
-                if message is None:
-                    parts.extend(self.renders.render(self.view, delivery))
-                    if delivery.event is not None:
-                        seq = delivery.event.seq
-                        self.engine.observe_delivery(delivery.event.at, now)
-                    continue
-                kind = message.get("type")
-                if kind == "caught_up":
-                    seq = max(seq or 0, int(message["seq"]))
-                elif kind == "resync":
+            for message in messages:
+                if message.get("type") == "resync":
                     parts.extend(await self._resync(str(message["id"])))
-                elif kind == "reload":
+                else:
                     parts.extend(await self.view.reload(str(message["collection"])))
-                elif kind == "toast":
-                    parts.append(self.fragments.toast(str(message["message"]),
-                                                      str(message.get("kind", "info"))))
-            if seq is not None:
-                parts.append(self.fragments.seq(seq))
-            if parts:
-                await self.websocket.send_text("".join(parts))
+            outlet.release(text_frame("".join(parts).encode()) if parts else b"")
+            for _ in messages[1:]:
+                outlet.release(b"")
+
+    async def _watch(self) -> None:
+        """The heartbeat, and the end when the engine stops."""
+        if self.outlet is None:
+            return
+        closed = asyncio.ensure_future(self.subscriber.get_batch())
+        heartbeat = self.state.settings.heartbeat_s
+        try:
+            while True:
+                done, _ = await asyncio.wait({closed}, timeout=heartbeat)
+                if done:
+                    await self._close_for_restart()
+                    return
+                # A quiet page hears that it is current as of a seq every member has been
+                # handed, so that it can tell a quiet socket from a dead network.
+                if self.outlet.idle:
+                    self.outlet.write(self.outlet.marker(self.engine.settled_seq))
+        finally:
+            closed.cancel()
 
     async def _resync(self, sub_id: str) -> list[str]:
         """The hub could not replay: subscribe afresh, then re-render from the database."""
@@ -224,8 +298,11 @@ async def live_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=1003, reason=str(exc)[:120])
         return
     view = view_cls(state, user, make_fragments(state), params)
-    subscriber = state.engine.subscriber()
-    connection = LiveConnection(websocket, view, subscriber)
+    outlet = None if isinstance(view, DashboardView) else PageOutlet(wire_of(websocket), view)
+    subscriber = state.engine.subscriber(outlet=outlet)
+    if outlet is not None:
+        outlet.attach(subscriber)
+    connection = LiveConnection(websocket, view, subscriber, outlet)
     connection.subscribe_all(resume_from)
     state.connections.add(connection)
     try:
