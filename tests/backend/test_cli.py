@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from backend.infra.settings import DEFAULT_ADMIN_PASSWORD
 from tests.conftest import ROOT, free_port
 from tests.support.procs import alive, children_of, kill_quietly, wait_until
 
@@ -59,11 +61,11 @@ class Serving:
 
 
 @pytest.fixture
-def serving(clean_env: dict[str, str]) -> Iterator[Serving]:
+def serving(clean_env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[Serving]:
     port = free_port()
     env = {**clean_env, "CHANGECAST_PORT": str(port)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "serve"],
+        [sys.executable, "-m", "backend.cli", "serve", *getattr(request, "param", [])],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -101,6 +103,51 @@ def test_serve_health_ok_then_ctrl_c_leaves_no_process(serving: Serving) -> None
     assert serving.proc.stdout is not None
     assert "Application shutdown complete" in serving.proc.stdout.read()
     wait_until(lambda: not alive(nx_pid), 10, "the embedded database to exit")
+
+
+@pytest.mark.parametrize("serving", [["--workers", "2"]], indirect=True)
+def test_serve_workers_share_the_port_each_with_its_own_engine(serving: Serving) -> None:
+    kids = children_of(serving.proc.pid)
+    assert len(kids) == 3, kids  # the embedded database and two workers
+
+    async def watch_and_write() -> tuple[int, set[str]]:
+        import httpx
+        from websockets.asyncio.client import connect
+
+        base = f"http://127.0.0.1:{serving.port}"
+        sockets = [await connect(base.replace("http", "ws") + "/ws", origin=base)
+                   for _ in range(12)]
+        for ws in sockets:
+            await ws.send('{"op":"subscribe","id":"p","collection":"products"}')
+            await ws.recv()
+        instances = set()
+        for _ in range(20):  # a new connection each time: either worker may answer
+            async with httpx.AsyncClient(base_url=base) as fresh:
+                instances.add((await fresh.get("/api/metrics")).json()["pipeline"]["instance"])
+        async with httpx.AsyncClient(base_url=base, headers={"Origin": base}) as admin:
+            login = await admin.post("/api/login", json={"email": "admin@example.com",
+                                                         "password": DEFAULT_ADMIN_PASSWORD})
+            assert login.status_code == 200
+            assert (await admin.put("/api/products/SKU-BOO-001/stock",
+                                    json={"stock": 4321})).status_code == 200
+        async def sees_it(ws: Any) -> bool:
+            async with asyncio.timeout(10):
+                while True:  # other changes may come first (the demo's own orders)
+                    msg = json.loads(await ws.recv())
+                    if msg.get("key") == "SKU-BOO-001" and \
+                            msg.get("changes", {}).get("set", {}).get("stock") == 4321:
+                        await ws.close()
+                        return True
+
+        seen = sum(await asyncio.gather(*(sees_it(ws) for ws in sockets)))
+        return seen, instances
+
+    seen, instances = asyncio.run(watch_and_write())
+    assert seen == 12  # every socket, whichever worker holds it
+    assert len(instances) == 2  # two engines and pipelines answer on the one port
+    serving.proc.send_signal(signal.SIGINT)
+    assert serving.proc.wait(30) in (0, 130)
+    wait_until(lambda: not any(alive(pid) for pid in kids), 15, "every worker to exit")
 
 
 def test_serve_recovers_after_kill_9_of_the_database(serving: Serving) -> None:
