@@ -59,19 +59,40 @@ def rows() -> list[tuple[str, str, str, str]]:
     fanout = _load("fanout")
     if fanout:
         for row in fanout["in_process"]:
+            to_wire = row.get("naive_to_wire")
+            wire = (f"; naive, encoded and written per subscriber: "
+                    f"{_n(to_wire['deliveries_per_s_median'])}/s "
+                    f"({row['ratio_vs_naive_to_wire']}\u00d7)") if to_wire else ""
             out.append((f"hub fan-out in-process, {row['scenario']}, "
                         f"{row['subscribers']:,} subscribers",
                         f"{_n(row['hub']['deliveries_per_s_median'])} deliveries/s",
-                        f"naive queue per subscriber: "
+                        f"naive queue per subscriber, nothing encoded: "
                         f"{_n(row['naive_baseline']['deliveries_per_s_median'])}/s "
-                        f"({row['ratio_vs_baseline']}\u00d7)", "`python -m bench.fanout`"))
-        for row in fanout["over_sockets"]:
-            out.append((f"fan-out over sockets, {row['clients']:,} clients",
-                        f"{_n(row['deliveries_per_s_median'])} deliveries/s "
-                        f"({row['writes_per_s']} writes/s)",
-                        f"writes with nobody watching: "
-                        f"{row['baseline_writes_per_s_no_clients']}/s",
+                        f"({row['ratio_vs_baseline']}\u00d7){wire}", "`python -m bench.fanout`"))
+        points = fanout.get("over_sockets", [])
+        for ours in (r for r in points if r.get("server") == "changecast"):
+            same = {r["server"]: r for r in points
+                    if (r["clients"], r["rate"]) == (ours["clients"], ours["rate"])}
+            base = [f"{label}: p50 {_ms(same[name]['p50_ms'])}, p99 {_ms(same[name]['p99_ms'])}, "
+                    f"{same[name]['server_cpu_us_per_delivery']} µs/delivery"
+                    for name, label in (("bare", "bare Node ws broadcast"),
+                                        ("naive", "naive Starlette broadcast")) if name in same]
+            out.append((f"write → client, {ours['clients']:,} clients \u00d7 {ours['rate']} changes/s",
+                        f"p50 {_ms(ours['p50_ms'])}, p95 {_ms(ours['p95_ms'])}, p99 "
+                        f"{_ms(ours['p99_ms'])}; {ours['lost']} lost; "
+                        f"{100 * ours['applied_share']:.1f} % of writes applied (p99 "
+                        f"{_ms(ours['write_p99_ms'])}); {ours['server_cpu_us_per_delivery']} "
+                        f"µs server CPU/delivery; {ours['rss_per_connection_kib']} KiB/connection",
+                        "; ".join(base) + f" (load generator CPU "
+                        f"{100 * ours['loadgen_cpu_share']:.0f} % of a core)",
                         "`python -m bench.fanout`"))
+        summary = fanout.get("summary", {})
+        caps = summary.get("capacity_1000_clients_p99_250ms")
+        if caps:
+            out.append(("highest rate with p99 ≤ 250 ms and nothing lost, 1,000 clients",
+                        f"{caps.get('changecast')} changes/s",
+                        f"bare Node ws: {caps.get('bare')}/s; naive Starlette: "
+                        f"{caps.get('naive')}/s", "`python -m bench.fanout`"))
     cache = _load("cache")
     if cache:
         ours, ttl = cache["results"][0], cache["results"][1]

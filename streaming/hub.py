@@ -451,12 +451,13 @@ def _index_key(group: Group) -> tuple[str | None, frozenset[Any]]:
 class _Pass:
     """One fan-out pass being written: each push member's part, and how far it got."""
 
-    __slots__ = ("items", "next", "seq")
+    __slots__ = ("batches", "items", "next", "seq")
 
     def __init__(self, items: list[tuple[Subscriber, list[tuple[Subscription, Batch]]]],
-                 seq: int) -> None:
+                 seq: int, batches: list[Batch]) -> None:
         self.items = items
         self.seq = seq
+        self.batches = batches
         self.next = 0
 
 
@@ -705,16 +706,25 @@ class Hub:
         if end >= len(items):
             self._pass = None
             self._settled = seq
-            self.metrics.fanout_passes += 1
+            metrics = self.metrics
+            metrics.fanout_passes += 1
+            # Delivery latency: from the change to its hand-over to the pass's last member.
+            now = self._clock_ms()
+            for batch in current.batches:
+                for delivery in batch.deliveries:
+                    if delivery.event is not None:
+                        metrics.delivery.observe(max(0.0, now - delivery.event.at))
 
     def _start_pass(self) -> _Pass:
         dirty, self._dirty = self._dirty, {}
         members: dict[Subscriber, list[tuple[Subscription, Batch]]] = {}
+        batches: list[Batch] = []
         delivered = 0
         for group in dirty:
             if not group.pending:
                 continue
             batch = Batch(group.pending)
+            batches.append(batch)
             group.pending = []
             first = batch.first_seq
             for sub in group.pushed:
@@ -728,7 +738,7 @@ class Hub:
                 else:
                     parts.append((sub, part))
         self.metrics.deliveries += delivered
-        return _Pass(list(members.items()), self._seq)
+        return _Pass(list(members.items()), self._seq, batches)
 
     def history_lost(self, collection: str, reason: str) -> int:
         """Tell every subscription of ``collection`` to resync; returns how many."""

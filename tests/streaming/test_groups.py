@@ -159,3 +159,15 @@ def test_without_an_event_loop_the_fan_out_is_handed_over_at_once() -> None:
     (_, outlet), = pushers(hub, 1)
     stock(hub, "p1", 5)
     assert outlet.seqs() == [1]
+
+
+async def test_a_pass_records_delivery_latency_once_per_change_and_counts_itself() -> None:
+    clock = [1_000]
+    hub = Hub(collections=["products"], first_seq=0, clock_ms=lambda: clock[0])
+    pushers(hub, 3)
+    stock(hub, "p1", 5)  # at 1,000 ms
+    clock[0] = 1_040
+    hub.flush()
+    summary = hub.metrics.delivery.summary()
+    assert summary.count == 1 and summary.p50 == 40
+    assert hub.metrics.fanout_passes == 1

@@ -74,7 +74,7 @@ class ChangeCastCollector(Collector):
             changes.add_metric([collection], count)
         yield changes
         for name, value, text in (
-                ("deliveries", counted.deliveries, "Deliveries queued to subscribers"),
+                ("deliveries", counted.deliveries, "Deliveries handed to subscribers"),
                 ("drops", counted.dropped, "Deliveries dropped (slow consumers)"),
                 ("resyncs", counted.resyncs, "Resync messages sent"),
                 ("coalesced", counted.coalesced, "Updates merged in full queues")):
@@ -89,6 +89,14 @@ class ChangeCastCollector(Collector):
                                 value=BREAKER_VALUES[stats.breaker.state])
         yield GaugeMetricFamily("changecast_websocket_connections", "Open WebSocket connections",
                                 value=len(self.state.connections))
+        yield GaugeMetricFamily("changecast_subscription_groups",
+                                "Groups of identical subscriptions (routed once each)",
+                                value=stats.groups)
+        yield GaugeMetricFamily("changecast_largest_group", "Members of the largest group",
+                                value=stats.largest_group)
+        yield CounterMetricFamily("changecast_fanout_passes",
+                                  "Fan-out passes written to push subscribers",
+                                  value=counted.fanout_passes)
         histogram = engine.delivery_histogram()
         yield HistogramMetricFamily(
             "changecast_delivery_latency_ms", "Change (database time) to WebSocket send, ms",
