@@ -40,7 +40,7 @@ from typing import Any
 
 from bench import engine
 from bench.report import write
-from bench.site import ROOT, free_port, products_of, site, stop_process
+from bench.site import ROOT, Site, free_port, products_of, site, stop_process
 
 NODE = ROOT / "bench" / "node"
 SERVERS = ("bare", "naive", "changecast")
@@ -146,19 +146,22 @@ async def targets(workers: int) -> AsyncIterator[dict[str, Target]]:
                                 {"url": base + "/write", "method": "POST", "body": "relay"},
                                 [naive.pid])
         args = ("--workers", str(workers)) if workers > 1 else ()
-        cc = await stack.enter_async_context(site(args=args))
-        admin = await cc.admin()
-        cookie = "; ".join(f"{k}={v}" for k, v in admin.cookies.items())
-        await admin.aclose()
-        found["changecast"] = Target(
-            "changecast", cc.base, cc.ws, SUBSCRIBE,
-            {"url": cc.base + "/api/products/{product}/stock", "method": "PUT",
-             "body": "changecast", "cookie": cookie},
-            [cc.server.pid], cc.database_pid)
-        products = (await products_of(cc))[:200]
+        found["changecast"] = await changecast(await stack.enter_async_context(site(args=args)))
         for target in found.values():
-            target.write["products"] = products
+            target.write["products"] = found["changecast"].write["products"]
         yield found
+
+
+async def changecast(cc: Site) -> Target:
+    """ChangeCast as a target: anonymous clients on ``products``, an admin writing stock."""
+    admin = await cc.admin()
+    cookie = "; ".join(f"{k}={v}" for k, v in admin.cookies.items())
+    await admin.aclose()
+    return Target("changecast", cc.base, cc.ws, SUBSCRIBE,
+                  {"url": cc.base + "/api/products/{product}/stock", "method": "PUT",
+                   "body": "changecast", "cookie": cookie,
+                   "products": (await products_of(cc))[:200]},
+                  [cc.server.pid], cc.database_pid)
 
 
 async def run_point(target: Target, clients: int, rate: int, seconds: float, base: int,
@@ -222,6 +225,12 @@ async def sockets_main(args: argparse.Namespace) -> list[dict[str, Any]]:
                     rows.append(row)
                     print(_line(row), flush=True)
     return rows
+
+
+def ensure_node() -> None:
+    """The load generator's one dependency (``ws``, pinned in package-lock.json)."""
+    if not (NODE / "node_modules" / "ws").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE, check=True)
 
 
 def capacity(rows: list[dict[str, Any]], server: str, clients: int = 1000,
@@ -291,8 +300,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="of the in-process part")
     parser.add_argument("--out", type=Path, default=Path("bench/results/fanout.json"))
     args = parser.parse_args()
-    if not (NODE / "node_modules" / "ws").is_dir():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE, check=True)
+    ensure_node()
     engine.main(["--repeats", str(args.repeats), "--out", str(args.out.with_name("engine.json"))])
     in_process = json.loads(args.out.with_name("engine.json").read_text())
     rows = asyncio.run(sockets_main(args))

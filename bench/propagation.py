@@ -7,7 +7,9 @@ For each client count: an admin writer changes stock at ``--rate`` changes/s
 pair, the time from sending the write to the client first seeing its result.
 Three ways to watch, measured in the same run:
 
-- ChangeCast: one WebSocket per client, subscribed to ``products``;
+- ChangeCast: one WebSocket per client, subscribed to ``products``, the clients and the
+  writer being ``bench.fanout``'s lean load generator (Node and ``ws``; its CPU share is
+  in the result), so that the figure is the server's;
 - polling baselines: every client GETs ``/api/products`` every 1 s and every
   5 s (its staleness: how long until its view shows the write or a later one);
 - the anti-pattern: one change stream per client, straight on the database
@@ -33,8 +35,9 @@ from typing import Any
 import httpx
 from pymongo import AsyncMongoClient
 
+from bench import fanout
 from bench.report import chart_bars, spread, write
-from bench.site import Site, hang_up, products_of, site, stock_key, watchers
+from bench.site import Site, products_of, site
 from loadtest.runner import latencies
 from streaming.events import decode
 
@@ -97,32 +100,18 @@ def staleness(sent: dict[str, float],
 
 
 async def websockets(bench: Site, clients: int, rate: float, duration: float) -> dict[str, Any]:
-    frames: list[list[tuple[float, bytes | str]]] = [[] for _ in range(clients)]
-    sockets = await watchers(bench, clients)
-
-    async def listen(n: int) -> None:
-        keep = frames[n].append
-        async for raw in sockets[n]:
-            keep((time.perf_counter(), raw))
-
-    listeners = [asyncio.create_task(listen(n)) for n in range(clients)]
-    admin = await bench.admin()
-    writer = Writer(admin, await products_of(bench), rate)
-    await writer.run(duration)
-    await _quiet(lambda: sum(len(f) for f in frames), settle=1.0, limit=20)
-    await hang_up(sockets, listeners)
-    await admin.aclose()
-    seen: list[Arrivals] = []
-    for received in frames:
-        arrivals: Arrivals = {}
-        for at, raw in received:
-            key = stock_key(raw)
-            if key is not None:
-                arrivals.setdefault(key, at)
-        seen.append(arrivals)
-    values, missed = latencies(writer.sent, seen)
-    return {"approach": "changecast-websocket", "clients": clients, "writes": len(writer.sent),
-            "write_errors": writer.failed, "missed": missed, "latency_ms": spread(values)}
+    """ChangeCast's own clients, driven by the lean load generator of ``bench.fanout`` (Node
+    and ``ws``): Python clients in one process saturate long before the server does."""
+    result = await fanout.run_point(await fanout.changecast(bench), clients, int(rate),
+                                    duration, base=50_000_000, drain=5.0)
+    return {"approach": "changecast-websocket", "clients": clients, "writes": result["writes"],
+            "write_errors": result["writes"] - result["applied"], "missed": result["lost"],
+            "latency_ms": {"count": result["deliveries"], "p50": result["p50_ms"],
+                           "p95": result["p95_ms"], "p99": result["p99_ms"],
+                           "max": result["max_ms"]},
+            "load_generator": "bench/node/loadgen.js",
+            "loadgen_cpu_share": result["loadgen_cpu_share"],
+            "server_cpu_share": result["server_cpu_share"]}
 
 
 async def polling(bench: Site, clients: int, rate: float, duration: float,
@@ -218,6 +207,7 @@ async def _quiet(count: Any, *, settle: float, limit: float) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    fanout.ensure_node()
     results = []
     for clients in args.clients:
         runs: list[tuple[str, Callable[[Site], Awaitable[dict[str, Any]]]]] = [
