@@ -82,7 +82,7 @@ def rows() -> list[tuple[str, str, str, str]]:
                         f"{_ms(ours['p99_ms'])}; {ours['lost']} lost; "
                         f"{100 * ours['applied_share']:.1f} % of writes applied (p99 "
                         f"{_ms(ours['write_p99_ms'])}); {ours['server_cpu_us_per_delivery']} "
-                        f"µs server CPU/delivery; {ours['rss_per_connection_kib']} KiB/connection",
+                        f"µs server CPU/delivery",
                         "; ".join(base) + f" (load generator CPU "
                         f"{100 * ours['loadgen_cpu_share']:.0f} % of a core)",
                         "`python -m bench.fanout`"))
