@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -40,53 +38,22 @@ from typing import Any
 
 from bench import engine
 from bench.report import write
-from bench.site import ROOT, Site, free_port, products_of, site, stop_process
+from bench.site import (
+    ROOT,
+    SUBSCRIBE_PRODUCTS,
+    Site,
+    cpu_seconds,
+    free_port,
+    products_of,
+    rss_kib,
+    site,
+    stop_process,
+)
 
 NODE = ROOT / "bench" / "node"
 SERVERS = ("bare", "naive", "changecast")
 CURVE = {100: (10, 30, 100), 1000: (10, 30, 50, 70, 100), 5000: (10, 30, 100)}
 QUICK = {100: (10,), 1000: (30,)}
-SUBSCRIBE = '{"op":"subscribe","id":"p","collection":"products"}'
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def family(pids: list[int]) -> list[int]:
-    """These processes and all their descendants (``--workers`` children included)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], list(pids)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.append(pid)
-            todo.extend(children.get(pid, []))
-    return found
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of these processes and their descendants."""
-    return sum((int(f[11]) + int(f[12])) / TICK for pid in family(pids)
-               if (f := _stat(pid)) is not None)
-
-
-def rss_kib(pids: list[int]) -> int:
-    """Resident memory of these processes and their descendants."""
-    total = 0
-    for pid in family(pids):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
 
 
 @dataclass
@@ -157,7 +124,7 @@ async def changecast(cc: Site) -> Target:
     admin = await cc.admin()
     cookie = "; ".join(f"{k}={v}" for k, v in admin.cookies.items())
     await admin.aclose()
-    return Target("changecast", cc.base, cc.ws, SUBSCRIBE,
+    return Target("changecast", cc.base, cc.ws, SUBSCRIBE_PRODUCTS,
                   {"url": cc.base + "/api/products/{product}/stock", "method": "PUT",
                    "body": "changecast", "cookie": cookie,
                    "products": (await products_of(cc))[:200]},

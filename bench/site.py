@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
 from backend.infra.embedded import EmbeddedServer
 from backend.infra.settings import DEFAULT_ADMIN_PASSWORD
-from loadtest import runner as loadtest
 
 ROOT = Path(__file__).resolve().parent.parent
+SUBSCRIBE_PRODUCTS = '{"op":"subscribe","id":"p","collection":"products"}'
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -54,11 +54,8 @@ class Site:
         return client
 
     def rss_kib(self) -> int:
-        """The server process's resident memory."""
-        for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        """The server's resident memory (its workers' too)."""
+        return rss_kib([self.server.pid])
 
 
 @contextlib.asynccontextmanager
@@ -90,6 +87,45 @@ async def site(*, pipeline: bool = False, extra_env: dict[str, str] | None = Non
             await nx.stop()
 
 
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def family(pids: list[int]) -> list[int]:
+    """These processes and all their descendants (``--workers`` children included)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.append(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes and their descendants."""
+    return sum((int(f[11]) + int(f[12])) / TICK for pid in family(pids)
+               if (f := _stat(pid)) is not None)
+
+
+def rss_kib(pids: list[int]) -> int:
+    """Resident memory of these processes and their descendants."""
+    total = 0
+    for pid in family(pids):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds."""
     proc.terminate()
@@ -112,14 +148,6 @@ async def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout: flo
     raise RuntimeError("the server did not become healthy")
 
 
-_decode = msgspec.json.Decoder()
-
-
-def stock_key(raw: bytes | str) -> str | None:
-    """``product=stock`` of a raw products change frame (decoded only after the run)."""
-    return loadtest.stock_key(_decode.decode(raw))
-
-
 async def products_of(bench: Site) -> list[str]:
     async with httpx.AsyncClient(base_url=bench.base) as http:
         return [p["_id"] for p in (await http.get("/api/products?limit=500")).json()["items"]]
@@ -136,17 +164,8 @@ async def watchers(bench: Site, count: int, *, subscribe: bool = True,
             for _ in range(start, min(count, start + 100))))
         if subscribe:
             for ws in batch:
-                await ws.send('{"op":"subscribe","id":"p","collection":"products"}')
+                await ws.send(SUBSCRIBE_PRODUCTS)
             for ws in batch:
                 await ws.recv()
         sockets.extend(batch)
     return sockets
-
-
-async def hang_up(sockets: list[ClientConnection], tasks: list[asyncio.Task[None]]) -> None:
-    """Stop the listening tasks and close the sockets."""
-    for task in tasks:
-        task.cancel()
-    for ws in sockets:
-        with contextlib.suppress(Exception):
-            await ws.close()

@@ -166,7 +166,7 @@ class LiveConnection(Session):
 
     async def _send_loop(self) -> None:
         """Changes are pushed by the hub; this task does what needs the database."""
-        if isinstance(self.view, DashboardView) or self.outlet is None:
+        if self.outlet is None:  # the dashboard: no subscriptions, its own loop
             await self._dashboard_loop()
             return
         outlet = self.outlet
