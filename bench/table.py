@@ -63,12 +63,17 @@ def rows() -> list[tuple[str, str, str, str]]:
             wire = (f"; naive, encoded and written per subscriber: "
                     f"{_n(to_wire['deliveries_per_s_median'])}/s "
                     f"({row['ratio_vs_naive_to_wire']}\u00d7)") if to_wire else ""
+            burst = row.get("hub_burst")
+            bursts = (f"; {_n(burst['deliveries_per_s_median'])}/s "
+                      f"({row['burst_ratio_vs_baseline']}\u00d7) when changes come 10 per "
+                      "loop turn") if burst else ""
             out.append((f"hub fan-out in-process, {row['scenario']}, "
                         f"{row['subscribers']:,} subscribers",
-                        f"{_n(row['hub']['deliveries_per_s_median'])} deliveries/s",
+                        f"{_n(row['hub']['deliveries_per_s_median'])} deliveries/s "
+                        f"({row['ratio_vs_baseline']}\u00d7), one change per loop turn{bursts}",
                         f"naive queue per subscriber, nothing encoded: "
-                        f"{_n(row['naive_baseline']['deliveries_per_s_median'])}/s "
-                        f"({row['ratio_vs_baseline']}\u00d7){wire}", "`python -m bench.fanout`"))
+                        f"{_n(row['naive_baseline']['deliveries_per_s_median'])}/s"
+                        f"{wire}", "`python -m bench.fanout`"))
         points = fanout.get("over_sockets", [])
         for ours in (r for r in points if r.get("server") == "changecast"):
             same = {r["server"]: r for r in points

@@ -150,16 +150,17 @@ class Batch:
     ``encoded`` is the members' outlets' cache: what one of them derives from the batch
     (keyed by format), the next one reuses."""
 
-    __slots__ = ("deliveries", "encoded", "first_seq", "last_seq")
+    __slots__ = ("deliveries", "encoded", "first_seq", "last_seq", "size")
 
     def __init__(self, deliveries: list[Delivery]) -> None:
         self.deliveries = deliveries
+        self.size = len(deliveries)
         self.first_seq = deliveries[0].event.seq if deliveries[0].event else 0
         self.last_seq = deliveries[-1].event.seq if deliveries[-1].event else 0
         self.encoded: dict[Hashable, Any] = {}
 
     def __len__(self) -> int:
-        return len(self.deliveries)
+        return self.size
 
     def after(self, seq: int) -> Batch | None:
         """The part of this batch newer than ``seq`` (a member that joined mid-way)."""
@@ -728,10 +729,13 @@ class Hub:
             group.pending = []
             first = batch.first_seq
             for sub in group.pushed:
-                part: Batch | None = batch if sub.since < first else batch.after(sub.since)
-                if part is None:
-                    continue
-                delivered += len(part)
+                part = batch
+                if sub.since >= first:  # it joined or replayed while the batch was pending
+                    newer = batch.after(sub.since)
+                    if newer is None:
+                        continue
+                    part = newer
+                delivered += part.size
                 parts = members.get(sub.subscriber)
                 if parts is None:
                     members[sub.subscriber] = [(sub, part)]

@@ -63,14 +63,19 @@ class JsonOutlet(SocketOutlet):
         if len(items) == 1:
             sub, batch = items[0]
             if sub.active:
-                prefix = _id_prefix(sub)
-                self.write(b"".join([text_frame(prefix + body)
-                                     for _, body in _shared_bodies(batch)]), len(batch))
+                # Members whose subscription has the same id (every tab of one page does)
+                # get the very same bytes: framed once per batch and id.
+                prefix = sub.context or _id_prefix(sub)
+                frames: bytes | None = batch.encoded.get(prefix)
+                if frames is None:
+                    frames = batch.encoded[prefix] = b"".join(
+                        [text_frame(prefix + body) for _, body in _shared_bodies(batch)])
+                self.write(frames, batch.size)
             return
-        frames = sorted((at, text_frame(_id_prefix(sub) + body))
-                        for sub, batch in items if sub.active
-                        for at, body in _shared_bodies(batch))
-        self.write(b"".join([frame for _, frame in frames]), len(frames))
+        ordered = sorted((at, text_frame(_id_prefix(sub) + body))
+                         for sub, batch in items if sub.active
+                         for at, body in _shared_bodies(batch))
+        self.write(b"".join([frame for _, frame in ordered]), len(ordered))
 
     def control(self, message: dict[str, Any]) -> None:
         self.write(text_frame(dumps(message)))
