@@ -33,6 +33,16 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class StaleStock(Conflict):
+    """The stock changed since the admin saw it: nothing was written."""
+
+    code = "stock_changed"
+
+    def __init__(self, message: str, *, current: int) -> None:
+        super().__init__(message)
+        self.current = current
+
+
 class Unauthenticated(DomainError):
     """Nobody is signed in, or the credentials are wrong."""
 

@@ -36,7 +36,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from backend.domain.clock import now_iso
-from backend.domain.errors import Conflict, Invalid, NotFound
+from backend.domain.errors import Conflict, Invalid, NotFound, StaleStock
 from streaming import ChangeEngine, Document
 
 logger = logging.getLogger("changecast.stock")
@@ -205,18 +205,27 @@ async def sweep(db: AsyncDatabase[Document], engine: ChangeEngine, *, stale_befo
 
 
 async def change_stock(db: AsyncDatabase[Document], engine: ChangeEngine, product_id: str, *,
-                       stock: int | None = None, delta: int | None = None) -> Document:
-    """Set or shift a product's stock atomically; never below 0 (409) nor above MAX_STOCK."""
+                       stock: int | None = None, delta: int | None = None,
+                       expected: int | None = None) -> Document:
+    """Set or shift a product's stock atomically; never below 0 (409) nor above MAX_STOCK.
+
+    With ``expected`` (the stock the admin saw), a set happens only if the stock is still
+    that; else ``StaleStock`` (409) with the current value, and nothing is written."""
     if (stock is None) == (delta is None):
-        raise Invalid('send exactly one of "stock" or "delta"')
+        raise Invalid('Send exactly one of "stock" (the new level) or "delta" (a change).')
+    if expected is not None and stock is None:
+        raise Invalid('"expected" goes with "stock": a delta applies to whatever the stock is.')
     at = now_iso()
     if stock is not None:
         if stock < 0:
-            raise Conflict(f"stock cannot go below 0, got {stock}")
+            raise Conflict(f"Stock cannot go below 0 (you asked for {stock}).")
         if stock > MAX_STOCK:
-            raise Invalid(f"stock is at most {MAX_STOCK:,}, got {stock}")
+            raise Invalid(f"Stock is at most {MAX_STOCK:,} (you asked for {stock:,}).")
+        match: Document = {"_id": product_id}
+        if expected is not None:
+            match["stock"] = expected
         updated = await db.products.find_one_and_update(
-            {"_id": product_id}, {"$set": {"stock": stock, "updated_at": at}},
+            match, {"$set": {"stock": stock, "updated_at": at}},
             projection=NO_HOLDS, return_document=ReturnDocument.AFTER)
     elif delta is not None:
         if abs(delta) > MAX_STOCK:
@@ -227,11 +236,18 @@ async def change_stock(db: AsyncDatabase[Document], engine: ChangeEngine, produc
             {"$inc": {"stock": delta}, "$set": {"updated_at": at}},
             projection=NO_HOLDS, return_document=ReturnDocument.AFTER)
     if updated is None:
-        product = await db.products.find_one({"_id": product_id}, {"stock": 1})
+        product = await db.products.find_one({"_id": product_id}, {"stock": 1, "name": 1})
         if product is None:
-            raise NotFound(f"no product {product_id!r}")
-        limit = "below 0" if (delta or 0) < 0 else f"above {MAX_STOCK:,}"
-        raise Conflict(f"stock of {product_id} is {product['stock']}; a change of {delta} "
-                       f"would take it {limit}")
+            raise NotFound(f"There is no product {product_id}.")
+        name, current = product.get("name") or product_id, int(product["stock"])
+        if stock is not None:  # only an expected level can have missed
+            raise StaleStock(f"The stock of {name} changed to {current} while you were "
+                             f"editing it (you saw {expected}). Check it and set it again.",
+                             current=current)
+        if (delta or 0) < 0:
+            raise Conflict(f"Only {current} of {name} in stock: removing {-(delta or 0):,} "
+                           "would take it below 0.")
+        raise Conflict(f"{name} has {current:,} in stock: adding {delta:,} would take it "
+                       f"above the limit of {MAX_STOCK:,}.")
     await engine.settle("products", product_id, updated, timeout=SETTLE_S)
     return updated

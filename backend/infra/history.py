@@ -10,7 +10,6 @@ and a resync for everybody.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from bson import Timestamp
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
+from backend.infra.tasks import cancel
 from streaming import Document
 from streaming.nx import NX_RETENTION_ROWS
 
@@ -98,11 +98,8 @@ class HistoryMonitor:
             self._task = asyncio.create_task(self._loop(), name="oplog-window")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def refresh(self) -> None:
         try:

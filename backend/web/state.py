@@ -19,6 +19,7 @@ from backend.domain.passwords import PasswordPool
 from backend.domain.users import LoginThrottle
 from backend.infra.database import Database
 from backend.infra.history import HistoryMonitor
+from backend.infra.reachability import Reachability
 from backend.infra.settings import Settings
 from backend.pipeline import Pipeline
 from streaming import ChangeEngine, Document
@@ -40,6 +41,7 @@ class AppState:
     pipeline: Pipeline | None
     templates: Jinja2Templates
     history: HistoryMonitor
+    reachability: Reachability
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     passwords: PasswordPool = field(default_factory=PasswordPool)
     connections: set[Session] = field(default_factory=set)

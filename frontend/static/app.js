@@ -2,7 +2,9 @@
  *
  * - resume: every (re)connection of the live socket carries the last seq the page applied
  *   (#cc-seq, advanced by the server's own fragments) and the admin's status filter;
- * - the connection indicator: connecting / live / reconnecting / offline;
+ * - the connection indicator: connecting / live / degraded (the database does not answer:
+ *   last known data, actions paused) / reconnecting / offline (the browser says so);
+ * - changed values flash (a static outline with prefers-reduced-motion);
  * - the cc-live extension: upsert and if-present swaps (see backend/fragments.py);
  * - toasts for errors and notifications; the order-trend chart (uPlot).
  */
@@ -68,14 +70,107 @@
     document.body.dataset.connection = state
   }
 
+  function databaseDown () {
+    var status = document.getElementById('db-status')
+    return !!status && status.dataset.db === 'down'
+  }
+
+  function showLive () {
+    if (!navigator.onLine) setConnection('offline', 'Offline')
+    else if (databaseDown()) setConnection('degraded', 'Degraded: showing last known data')
+    else setConnection('connected', 'Live')
+  }
+
   document.addEventListener('htmx:wsConnecting', function () {
     if (!navigator.onLine) setConnection('offline', 'Offline')
     else if (everOpen) setConnection('reconnecting', 'Reconnecting…')
   })
   document.addEventListener('htmx:wsOpen', function () {
     everOpen = true
-    setConnection('connected', 'Live')
+    showLive()
   })
+  // The browser knows first when the network is gone: say so at once, not after three
+  // missed heartbeats (the socket, if it survives, goes on delivering meanwhile).
+  window.addEventListener('offline', function () { setConnection('offline', 'Offline') })
+  window.addEventListener('online', function () {
+    if (watched && watched.readyState === WebSocket.OPEN) showLive()
+    else setConnection('reconnecting', 'Reconnecting…')
+  })
+
+  // ---- the database's reachability, as the server tells it (#db-status) -----------------------
+  var PAUSED = 'Paused: the database is unreachable'
+  var ACTIONS = '[hx-post], form[hx-post] button, form[hx-post] input'
+
+  function applyDatabase () {
+    var down = databaseDown()
+    document.body.dataset.db = down ? 'down' : 'up'
+    var banner = document.getElementById('degraded')
+    if (banner) banner.hidden = !down
+    if (down) {
+      document.querySelectorAll(ACTIONS).forEach(function (el) {
+        if (el.disabled || el.tagName === 'FORM') return
+        el.disabled = true
+        el.dataset.dbPaused = el.getAttribute('title') || ''
+        el.setAttribute('title', PAUSED)
+        el.setAttribute('aria-describedby', 'degraded')
+      })
+    } else {
+      document.querySelectorAll('[data-db-paused]').forEach(function (el) {
+        el.disabled = false
+        if (el.dataset.dbPaused) el.setAttribute('title', el.dataset.dbPaused)
+        else el.removeAttribute('title')
+        el.removeAttribute('aria-describedby')
+        delete el.dataset.dbPaused
+      })
+    }
+    var conn = document.getElementById('conn')
+    if (conn && ['connected', 'degraded'].indexOf(conn.dataset.state) >= 0) showLive()
+  }
+
+  // ---- changed values flash -------------------------------------------------------------------
+  // Before each out-of-band swap the text of the target and of its parts (by id) is noted;
+  // after it, the innermost parts whose text differs (or that are new) are highlighted.
+  var QUIET = { 'cc-seq': 1, 'db-status': 1, toasts: 1 }
+  var CONTAINER = 'ol, ul, [role=rowgroup], .grid'
+  var noted = null
+
+  function textOf (el) { return el.textContent.replace(/\s+/g, ' ').trim() }
+
+  function flash (el) {
+    el.classList.remove('cc-flash')
+    void el.offsetWidth // restart the animation
+    el.classList.add('cc-flash')
+    setTimeout(function () { el.classList.remove('cc-flash') }, 1700)
+  }
+
+  document.addEventListener('htmx:oobBeforeSwap', function (evt) {
+    var target = evt.detail.target
+    if (!target || !target.id || QUIET[target.id] || target.closest('#toasts')) return
+    noted = noted || {}
+    noted[target.id] = textOf(target)
+    target.querySelectorAll('[id]').forEach(function (el) { noted[el.id] = textOf(el) })
+  })
+  document.addEventListener('htmx:oobAfterSwap', function (evt) {
+    var el = evt.target
+    if (el && el.id === 'db-status') applyDatabase()
+    if (!noted || !(el instanceof Element) || !document.body.contains(el)) return
+    var parts = [el].concat(Array.prototype.slice.call(el.querySelectorAll('[id]')))
+    var changed = parts.filter(function (part) {
+      return part.id && !QUIET[part.id] && !part.hidden && noted[part.id] !== textOf(part)
+    })
+    changed.forEach(function (part) {
+      var inner = changed.some(function (other) { return other !== part && part.contains(other) })
+      if (!inner && !part.matches(CONTAINER) && toFlash.indexOf(part) < 0) toFlash.push(part)
+    })
+  })
+  // After the settle: htmx's settling puts an element's own attributes (its class) back.
+  var toFlash = []
+  function flashChanged () {
+    var parts = toFlash
+    toFlash = []
+    noted = null
+    parts.forEach(function (part) { if (document.body.contains(part)) flash(part) })
+  }
   document.addEventListener('htmx:wsClose', function (evt) {
     var code = evt.detail.event && evt.detail.event.code
     if (RETRIED.indexOf(code) >= 0) {
@@ -86,8 +181,6 @@
       setConnection('offline', 'Disconnected: ' + reason)
     }
   })
-  // The indicator follows the socket itself: browsers may keep a socket open while they
-  // report being offline, and updates still flow on it.
 
   // ---- cc-live: upsert and if-present swaps --------------------------------------------------
   var pendingRefresh = null
@@ -122,6 +215,8 @@
   })
 
   document.addEventListener('htmx:wsAfterMessage', function () {
+    flashChanged()
+    if (databaseDown()) applyDatabase() // controls that just arrived are paused too
     if (pendingRefresh && document.body.contains(pendingRefresh)) {
       htmx.trigger(pendingRefresh, 'cc:refresh')
     }
@@ -135,6 +230,57 @@
     var list = document.getElementById(id)
     while (list && list.children.length > keep) list.lastElementChild.remove()
   }
+
+  // ---- two admins at once: a set carries the stock its admin saw -------------------------------
+  // What the live cell showed when the admin began typing goes with the form as "expected";
+  // if the stock moved meanwhile the server answers 409 and changes nothing, and the form
+  // asks again, now expecting the current value.
+  function liveStock (form) {
+    var cell = form.closest('[role=row]').querySelector('.stock-cell')
+    return cell ? cell.dataset.stock : ''
+  }
+  document.addEventListener('focusin', function (evt) {
+    var form = evt.target.closest && evt.target.closest('form.set')
+    if (form && !form.dataset.expected) form.dataset.expected = liveStock(form)
+  })
+  document.addEventListener('focusout', function (evt) {
+    var form = evt.target.closest && evt.target.closest('form.set')
+    if (form && !evt.target.value) delete form.dataset.expected // left without typing
+  })
+  document.addEventListener('htmx:configRequest', function (evt) {
+    var form = evt.detail.elt
+    if (!form.matches || !form.matches('form.set')) return
+    evt.detail.parameters.expected = form.dataset.expected || liveStock(form)
+  })
+  document.addEventListener('htmx:afterRequest', function (evt) {
+    var form = evt.detail.elt
+    if (!form.matches || !form.matches('form.set')) return
+    var current = evt.detail.xhr.getResponseHeader('X-Current-Stock')
+    if (evt.detail.xhr.status === 409 && current !== null) {
+      form.dataset.expected = current
+      var input = form.querySelector('input[name=stock]')
+      if (input) { input.focus(); input.select() }
+    } else if (evt.detail.successful) {
+      delete form.dataset.expected
+      form.reset()
+    }
+  })
+
+  // ---- focus follows the result of an action --------------------------------------------------
+  // A control that replaced itself (the cart's "Place order", "Remove") would leave focus on
+  // <body>: it moves to what the action said (the cart's message), else to the cart.
+  document.addEventListener('htmx:afterSwap', function (evt) {
+    var target = evt.detail.target
+    // After an outerHTML swap the target is the old element: find its replacement.
+    var swapped = target && ((target.id && document.getElementById(target.id)) || target)
+    if (!swapped || !document.body.contains(swapped)) return
+    if (document.activeElement && document.activeElement !== document.body &&
+        document.body.contains(document.activeElement)) return // focus is still somewhere
+    var result = swapped.querySelector('.flash') || swapped.querySelector('h2')
+    if (!result) return
+    if (!result.hasAttribute('tabindex')) result.setAttribute('tabindex', '-1')
+    result.focus()
+  })
 
   // ---- toasts --------------------------------------------------------------------------------
   function toast (message, kind) {
@@ -160,12 +306,22 @@
     var box = document.getElementById('toasts')
     if (!box) return
     var toasts = box.querySelectorAll('.toast')
-    for (var i = 0; i < toasts.length - 4; i++) toasts[i].remove() // at most 4 on screen
+    for (var i = 0; i < toasts.length - 3; i++) toasts[i].remove() // at most 3 on screen
     box.querySelectorAll('.toast:not([data-armed])').forEach(function (item) {
       item.dataset.armed = '1'
       setTimeout(function () { item.remove() }, item.classList.contains('toast-error') ? 9000 : 6000)
     })
   }
+
+  // On a phone the toasts never cover the cart: while it is on screen they stand aside
+  // (what they said is in the notifications panel too).
+  document.addEventListener('DOMContentLoaded', function () {
+    var cart = document.getElementById('cart')
+    if (!cart || typeof IntersectionObserver === 'undefined') return
+    new IntersectionObserver(function (entries) {
+      document.body.classList.toggle('cart-in-view', entries[0].isIntersecting)
+    }).observe(cart)
+  })
 
   document.addEventListener('click', function (evt) {
     var close = evt.target.closest && evt.target.closest('.toast-close')
@@ -227,5 +383,7 @@
   document.addEventListener('DOMContentLoaded', function () {
     updateTrend()
     armToasts()
+    applyDatabase()
   })
+  document.addEventListener('htmx:afterSettle', flashChanged)
 })()

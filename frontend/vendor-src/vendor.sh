@@ -20,6 +20,11 @@ copy htmx.org dist/htmx.min.js htmx.min.js
 copy htmx-ext-ws dist/ws.min.js ws.min.js
 copy uplot dist/uPlot.iife.min.js uPlot.iife.min.js
 copy uplot dist/uPlot.min.css uPlot.min.css
+# axe-core checks the pages' accessibility in the browser tests; it is not served.
+tests_out="$here/../../tests/browser/vendor"
+rm -rf "$tests_out"
+mkdir -p "$tests_out/axe-core"
+cp "$work/node_modules/axe-core/axe.min.js" "$work/node_modules/axe-core/LICENSE" "$tests_out/axe-core/"
 {
   echo "# Vendored front-end packages"
   echo
@@ -27,7 +32,7 @@ copy uplot dist/uPlot.min.css uPlot.min.css
   echo
   echo "| package | version | license | integrity (npm) |"
   echo "|---|---|---|---|"
-  for pkg in htmx.org htmx-ext-ws uplot; do
+  for pkg in htmx.org htmx-ext-ws uplot axe-core; do
     meta="$work/node_modules/$pkg/package.json"
     version=$(node -p "require('$meta').version")
     license=$(node -p "require('$meta').license || ''")
@@ -36,5 +41,6 @@ copy uplot dist/uPlot.min.css uPlot.min.css
     echo "| $pkg | $version | $license | \`$integrity\` |"
   done
 } > "$out/README.md"
+cp "$out/README.md" "$tests_out/README.md"
 cp "$work/package-lock.json" "$here/package-lock.json"
 echo "vendored into $out"

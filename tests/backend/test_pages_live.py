@@ -74,7 +74,7 @@ async def test_pages_need_the_right_role_and_carry_the_snapshot_seq(site: Site) 
     customer = await site.client(A)
     for path in ("/admin", "/dashboard"):
         denied = await customer.get(path)
-        assert denied.status_code == 403 and "Admins only" in denied.text
+        assert denied.status_code == 403 and "for administrators" in denied.text
     portal = await customer.get("/")
     assert portal.status_code == 200
     assert 'ws-connect="/ws/live/portal"' in portal.text

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.web.live.frames import WIRE_EXTENSION
+from backend.web.pages.fragments import dom_id
 from tests.support.server import Captured, serve_site
 
 CHROMIUM = "/usr/bin/chromium"
@@ -131,6 +132,15 @@ async def site(nx_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
         yield Site(base, db, front)
 
 
+@pytest_asyncio.fixture(loop_scope="module", autouse=True)
+async def close_contexts(site: Site) -> AsyncIterator[None]:
+    """Each test's browser contexts are closed after it."""
+    yield
+    for context in site.contexts:
+        await context.close()
+    site.contexts.clear()
+
+
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def browser() -> AsyncIterator[Browser]:
     if not Path(CHROMIUM).exists():
@@ -163,3 +173,24 @@ async def open_page(browser: Browser, site: Site, email: str, path: str, *,
 
 async def same_document(page: Page) -> bool:
     return bool(await page.evaluate("window.__sameDocument === true"))
+
+
+async def in_stock_product(site: Site, minimum: int = 30) -> dict[str, Any]:
+    product = await site.db.products.find_one({"stock": {"$gte": minimum}},
+                                              sort=[("stock", -1), ("_id", 1)])
+    assert product is not None
+    return product  # type: ignore[no-any-return]
+
+
+async def place_order(page: Page, product: dict[str, Any], quantity: int = 1) -> str:
+    """Through the portal: add to cart, place the order; returns the new order's id."""
+    card = page.locator("#" + dom_id("product", product["_id"]))
+    await card.locator("input[name=quantity]").fill(str(quantity))
+    await card.get_by_role("button", name=f"Add {product['name']} to cart").click()
+    await expect(page.locator("#cart")).to_contain_text(f"{quantity} \u00d7 {product['name']}")
+    await page.get_by_role("button", name="Place order").click()
+    flash = page.locator("#cart .flash-ok")
+    await expect(flash).to_contain_text("placed")
+    match = re.search(r"ORD-[A-Z0-9]{8}", await flash.inner_text())
+    assert match, await flash.inner_text()
+    return match.group()

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from playwright.async_api import Browser, Page, expect
 
 from backend.web.pages.fragments import dom_id
-from tests.browser.conftest import ADMIN, DESKTOP, PHONE, Site, open_page, same_document
+from tests.browser.conftest import (
+    ADMIN,
+    DESKTOP,
+    PHONE,
+    Site,
+    in_stock_product,
+    open_page,
+    place_order,
+    same_document,
+)
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120),
               pytest.mark.browser, pytest.mark.integration]
@@ -28,34 +34,6 @@ CUSTOMER = "customer01@example.com"
 SCREENSHOTS_DIR = os.environ.get("CHANGECAST_SCREENSHOTS_DIR")
 LIVE = 1_000  # ms
 
-
-@pytest_asyncio.fixture(loop_scope="module", autouse=True)
-async def close_contexts(site: Site) -> AsyncIterator[None]:
-    yield
-    for context in site.contexts:
-        await context.close()
-    site.contexts.clear()
-
-
-async def in_stock_product(site: Site, minimum: int = 30) -> dict[str, Any]:
-    product = await site.db.products.find_one({"stock": {"$gte": minimum}},
-                                              sort=[("stock", -1), ("_id", 1)])
-    assert product is not None
-    return product  # type: ignore[no-any-return]
-
-
-async def place_order(page: Page, product: dict[str, Any], quantity: int = 1) -> str:
-    """Through the portal: add to cart, place the order; returns the new order's id."""
-    card = page.locator("#" + dom_id("product", product["_id"]))
-    await card.locator("input[name=quantity]").fill(str(quantity))
-    await card.get_by_role("button", name=f"Add {product['name']} to cart").click()
-    await expect(page.locator("#cart")).to_contain_text(f"{quantity} \u00d7 {product['name']}")
-    await page.get_by_role("button", name="Place order").click()
-    flash = page.locator("#cart .flash-ok")
-    await expect(flash).to_contain_text("placed")
-    match = re.search(r"ORD-[A-Z0-9]{8}", await flash.inner_text())
-    assert match, await flash.inner_text()
-    return match.group()
 
 
 async def watched_card(site: Site, browser: Browser) -> tuple[Page, dict[str, Any], Any]:

@@ -44,6 +44,7 @@ class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
 class StockBody(msgspec.Struct, forbid_unknown_fields=True):
     stock: int | None = None
     delta: int | None = None
+    expected: int | None = None
 
 
 class ItemBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -159,14 +160,15 @@ async def put_stock(request: Request) -> Response:
     """
     summary: Set or shift a product's stock (admin)
     parameters: [{name: product_id, in: path, required: true, schema: {type: string}}]
-    requestBody: {required: true, content: {application/json: {schema: {type: object, additionalProperties: false, oneOf: [{required: [stock]}, {required: [delta]}], properties: {stock: {type: integer, minimum: 0, maximum: 1000000000}, delta: {type: integer, minimum: -1000000000, maximum: 1000000000}}}}}}
-    responses: {200: {description: the product}, 401: {description: not signed in}, 403: {description: not an admin}, 404: {description: no such product}, 409: {description: would go below 0}, 422: {description: invalid body}}
+    description: 'With `expected` (the stock the admin saw), the set happens only if the stock is still that; otherwise 409 with code `stock_changed` and the `current` stock, and nothing is written.'
+    requestBody: {required: true, content: {application/json: {schema: {type: object, additionalProperties: false, oneOf: [{required: [stock]}, {required: [delta]}], properties: {stock: {type: integer, minimum: 0, maximum: 1000000000}, delta: {type: integer, minimum: -1000000000, maximum: 1000000000}, expected: {type: integer, description: 'only with stock: the stock the admin saw'}}}}}}
+    responses: {200: {description: the product}, 401: {description: not signed in}, 403: {description: not an admin}, 404: {description: no such product}, 409: {description: 'would go below 0 or above the limit; or (code stock_changed, with current) the stock is no longer expected'}, 422: {description: invalid body}}
     """
     await require_admin(request)
     body = await read_body(request, StockBody)
     state = app_state(request)
     doc = await stock.change_stock(state.db, state.engine, request.path_params["product_id"],
-                                   stock=body.stock, delta=body.delta)
+                                   stock=body.stock, delta=body.delta, expected=body.expected)
     return JSON(doc)
 
 

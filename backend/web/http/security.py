@@ -20,6 +20,8 @@ from streaming import BreakerOpenError
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 GUARDED_PREFIXES = ("/api/", "/ui/")  # JSON API and the pages' htmx actions
+# The pages too: with the database down they answer within a second (a styled 503).
+GUARDED_PAGES = {"/", "/admin", "/dashboard", "/login", "/login/demo", "/logout"}
 UNGUARDED = {"/api/health", "/api/metrics"}  # must answer while the database is down
 MAX_BODY = 64 * 1024  # any request body, read before the app sees it
 # Scripts, styles, images and sockets from this origin only: the front-end assets are
@@ -119,14 +121,16 @@ class GuardMiddleware:
     async def _http(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         if scope["method"] not in SAFE_METHODS:  # a state change: same origin, body read first
             if not same_origin(headers, scope.get("scheme", "http")):
-                await error_response(403, "cross_origin", "cross-origin request refused")(
-                    scope, receive, send)
+                await error_response(403, "cross_origin", "cross-origin request refused",
+                                     scope=scope)(scope, receive, send)
                 return
             body = await self._read_body(scope, receive, send, headers)
             if body is None:
                 return
             receive = _replay(body, receive)
-        if scope["path"].startswith(GUARDED_PREFIXES) and scope["path"] not in UNGUARDED:
+        path = scope["path"]
+        if (path.startswith(GUARDED_PREFIXES) and path not in UNGUARDED) \
+                or path in GUARDED_PAGES:
             await self._guarded(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -173,7 +177,7 @@ class GuardMiddleware:
             try:
                 engine.admit()
             except BreakerOpenError as exc:
-                await unavailable_response(exc.retry_after)(scope, receive, send)
+                await unavailable_response(exc.retry_after, scope=scope)(scope, receive, send)
                 return
         status = 0
 
@@ -191,7 +195,7 @@ class GuardMiddleware:
                 return
             status = 503
             await unavailable_response(
-                1.0, "the database did not answer in time; try again shortly")(
+                1.0, "the database did not answer in time; try again shortly", scope=scope)(
                 scope, receive, send)
         if engine is not None and status != 503:
             engine.record_outcome(ok=True)
@@ -214,7 +218,7 @@ class GuardMiddleware:
         if scope["type"] == "websocket":  # before accept: the client sees an HTTP 403
             await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
             return
-        await error_response(status, code, message, {"Connection": "close"})(
+        await error_response(status, code, message, {"Connection": "close"}, scope=scope)(
             scope, receive, self._with_headers(send))
 
 

@@ -106,6 +106,8 @@ class PageOutlet(SocketOutlet):
         kind = message.get("type")
         if kind == "caught_up":
             self.write(self.marker(int(message["seq"])))
+        elif kind == "database":
+            self.write(text_frame(self.fragments.database(bool(message["reachable"])).encode()))
         elif kind == "toast":
             fragment = self.fragments.toast(str(message["message"]), str(message.get("kind", "info")))
             self.write(text_frame(fragment.encode()))
@@ -186,24 +188,41 @@ class LiveConnection(Session):
             for _ in messages[1:]:
                 outlet.release(b"")
 
+    def _tell_database(self) -> None:
+        # In order with the changes: a control message, as the page's other news.
+        self.subscriber.send_control({"type": "database",
+                                      "reachable": self.state.reachability.reachable})
+
     async def _watch(self) -> None:
-        """The heartbeat, and the end when the engine stops."""
-        if self.outlet is None:
-            return
+        """The heartbeat, the database's reachability, and the end when the engine stops."""
+        reachability = self.state.reachability
+        version = reachability.version
+        if not reachability.reachable:
+            self._tell_database()  # the page was rendered before, from what it had
+        if self.outlet is None:  # the dashboard's own loop hears the engine stop
+            while True:
+                version = await reachability.changed(version)
+                self._tell_database()
         closed = asyncio.ensure_future(self.subscriber.get_batch())
+        flipped = asyncio.ensure_future(reachability.changed(version))
         heartbeat = self.state.settings.heartbeat_s
         try:
             while True:
-                done, _ = await asyncio.wait({closed}, timeout=heartbeat)
-                if done:
+                done, _ = await asyncio.wait({closed, flipped}, timeout=heartbeat,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if closed in done:
                     await self._close_for_restart()
                     return
-                # A quiet page hears that it is current as of a seq every member has been
-                # handed, so that it can tell a quiet socket from a dead network.
-                if self.outlet.idle:
+                if flipped in done:
+                    self._tell_database()
+                    flipped = asyncio.ensure_future(reachability.changed(flipped.result()))
+                elif self.outlet.idle:
+                    # A quiet page hears that it is current as of a seq every member has
+                    # been handed, so that it can tell a quiet socket from a dead network.
                     self.outlet.write(self.outlet.marker(self.engine.settled_seq))
         finally:
             closed.cancel()
+            flipped.cancel()
 
     async def _resync(self, sub_id: str) -> list[str]:
         """The hub could not replay: subscribe afresh, then re-render from the database."""
@@ -240,8 +259,12 @@ class LiveConnection(Session):
                     if not controls:  # the engine is stopping
                         await self._close_for_restart()
                         return
-                    parts.extend(self.fragments.toast(str(d.message["message"]), "error")
-                                 for d in controls if d.message and d.message.get("type") == "toast")
+                    for d in controls:
+                        message = d.message or {}
+                        if message.get("type") == "toast":
+                            parts.append(self.fragments.toast(str(message["message"]), "error"))
+                        elif message.get("type") == "database":
+                            parts.append(self.fragments.database(bool(message["reachable"])))
                     closed = asyncio.ensure_future(self.subscriber.get_batch())
                 now = time.monotonic()
                 if analytics.version != version or now >= next_trend:

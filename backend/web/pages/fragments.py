@@ -141,6 +141,11 @@ class Fragments:
     def seq(self, seq: int) -> str:
         return f'<span id="cc-seq" hx-swap-oob="true" data-seq="{int(seq)}" hidden></span>'
 
+    def database(self, reachable: bool) -> str:
+        """Whether the database answers: the page shows its last known data meanwhile."""
+        state = "up" if reachable else "down"
+        return f'<span id="db-status" hx-swap-oob="true" data-db="{state}" hidden></span>'
+
     # ---- products --------------------------------------------------------------------------
 
     def product_card(self, product: Document, swap: dict[str, Any] | None = None) -> str:
@@ -177,9 +182,14 @@ class Fragments:
     def notification(self, note: Document, swap: dict[str, Any] | None = None) -> str:
         return self.render("_notification.html", swap, note=note)
 
-    def toast(self, message: str, kind: str = "info") -> str:
+    def toast(self, message: str, kind: str = "info", key: str | None = None) -> str:
+        """A toast; one with a ``key`` (an order's id) replaces the one on screen with the
+        same key instead of piling up: one toast per order, updated as the order moves."""
+        if key is not None:
+            return self.render("_toast.html", {"upsert": "beforeend:#toasts"}, message=message,
+                               kind=kind, key=key)
         return self.render("_toast.html", {"oob": "beforeend:#toasts"}, message=message,
-                           kind=kind)
+                           kind=kind, key=None)
 
     # ---- dashboard -------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from backend.domain import demo
 from backend.domain import orders as order_ops
 from backend.domain import stock as stock_ops
-from backend.domain.errors import Conflict, Forbidden, Invalid, NotFound
+from backend.domain.errors import Conflict, Forbidden, Invalid, NotFound, StaleStock
 from backend.domain.users import User
 from backend.web.http.api import change_status, order_audit, visible_order
 from backend.web.http.auth import (
@@ -30,7 +30,7 @@ from backend.web.http.auth import (
     sign_in,
     start_session,
 )
-from backend.web.http.errors import CLIENT_ERRORS, ApiError, status_of
+from backend.web.http.errors import CLIENT_ERRORS, ApiError, error_page, status_of
 from backend.web.http.security import is_loopback
 from backend.web.pages.templates import make_fragments
 from backend.web.pages.views import VIEWS
@@ -119,10 +119,8 @@ def page(view_name: str) -> Callable[[Request], Awaitable[Response]]:
             return RedirectResponse("/login", status_code=303)
         state = app_state(request)
         if not view_cls.allows(user):
-            return state.templates.TemplateResponse(
-                request, "error.html", {"title": "Admins only", "user": user,
-                                        "message": "This page is for administrators."},
-                status_code=403)
+            return error_page(request.scope, 403, "this page is for administrators; you are "
+                              f"signed in as {user.name}, a customer.")
         seq = state.engine.seq  # before the snapshot: the socket resumes from here
         view = view_cls(state, user, make_fragments(state),
                         {"status": request.query_params.get("status", "")})
@@ -276,7 +274,10 @@ def action(handler: Callable[[Request], Awaitable[str | None]]) \
             status = status_of(exc)
             if status == 401:
                 return to_sign_in()
-            return toast_response(request, exc.message, "error", status)
+            response = toast_response(request, exc.message, "error", status)
+            if isinstance(exc, StaleStock):  # the page asks again with this value
+                response.headers["X-Current-Stock"] = str(exc.current)
+            return response
         if done is None:
             return Response(status_code=204)
         return toast_response(request, done, "ok", 200)
@@ -297,7 +298,7 @@ def _whole(value: Any, name: str) -> int:
     try:
         return int(str(value).strip())
     except ValueError:
-        raise Invalid(f"{name} must be a whole number, got {str(value)[:20]!r}") from None
+        raise Invalid(f"The {name} must be a whole number, not {str(value)[:20]!r}.") from None
 
 
 @action
@@ -306,11 +307,13 @@ async def product_stock(request: Request) -> str | None:
     form = await _form(request)
     level = form.get("stock")
     delta = form.get("delta")
+    expected = form.get("expected")
     state = app_state(request)
     await stock_ops.change_stock(
         state.db, state.engine, request.path_params["product_id"],
         stock=_whole(level, "stock") if level not in (None, "") else None,
-        delta=_whole(delta, "delta") if delta not in (None, "") else None)
+        delta=_whole(delta, "delta") if delta not in (None, "") else None,
+        expected=_whole(expected, "expected") if expected not in (None, "") else None)
     return None
 
 

@@ -139,8 +139,10 @@ class PortalView(View):
                 return [f.deleted(dom_id("note", event.key))]
             parts = [f.notification(doc, {"upsert": "afterbegin:#notifications"})]
             if op in ("insert", "enter"):
+                order_id = doc.get("order_id")
                 parts.append(f.toast(str(doc.get("message", "")),
-                                     "error" if doc.get("kind") == "failure" else "info"))
+                                     "error" if doc.get("kind") == "failure" else "info",
+                                     key=str(order_id) if order_id else None))
             return parts
         return []
 

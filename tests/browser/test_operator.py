@@ -1,0 +1,189 @@
+"""What a shop operator and a customer notice, in Chromium against a live server: styled
+error pages, one toast per order, a stale "Set stock" refused instead of silently lost,
+changed values flashing, the browser's own offline signal, the keyboard path to "Place
+order", and axe-core on every page."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser, expect
+
+from backend.infra.settings import DEFAULT_ADMIN_PASSWORD
+from backend.web.pages.fragments import dom_id
+from tests.browser.conftest import ADMIN, PHONE, Site, in_stock_product, open_page, place_order
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120),
+              pytest.mark.browser, pytest.mark.integration]
+
+CUSTOMER = "customer03@example.com"
+AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
+LIVE = 1_000  # ms
+
+
+
+async def test_browsers_get_styled_error_pages_and_the_api_keeps_json(
+    site: Site, browser: Browser
+) -> None:
+    customer = await open_page(browser, site, CUSTOMER, "/")
+    missing = await customer.goto(site.base + "/no/such/page")
+    assert missing is not None and missing.status == 404
+    assert missing.headers["content-type"].startswith("text/html")
+    await expect(customer.get_by_role("heading", level=1)).to_have_text("There is no such page")
+    await expect(customer.get_by_role("link", name="Back to the shop")).to_be_visible()
+    # Styled: the page's stylesheet applies (the card on the grey page).
+    background = await customer.evaluate(
+        "getComputedStyle(document.querySelector('main')).backgroundColor")
+    assert background == "rgb(255, 255, 255)"
+    denied = await customer.goto(site.base + "/admin")
+    assert denied is not None and denied.status == 403
+    await expect(customer.locator("main")).to_contain_text("for administrators")
+    async with httpx.AsyncClient(base_url=site.base) as http:
+        api = await http.get("/api/orders/ORD-NOTHERE", headers={"Accept": "text/html"})
+        assert api.status_code == 401 and api.json()["error"]["code"] == "unauthorized"
+        plain = await http.get("/no/such/page")
+        assert plain.status_code == 404 and plain.json()["error"]["code"] == "not_found"
+
+
+async def test_one_toast_per_order_updated_in_place_and_none_over_the_phone_cart(
+    site: Site, browser: Browser
+) -> None:
+    customer = await open_page(browser, site, CUSTOMER, "/")
+    product = await in_stock_product(site)
+    order_id = await place_order(customer, product)
+    toast = customer.locator("#" + dom_id("toast", order_id))
+    # The pipeline moves the order on (reserved, paid, processing): one toast says each in
+    # turn, where three used to pile up.
+    await expect(toast).to_contain_text("being prepared", timeout=10_000)
+    notes = await site.db.notifications.count_documents({"order_id": order_id})
+    assert notes >= 3, notes
+    await expect(customer.locator("#toasts .toast")).to_have_count(1)
+    for _ in range(4):  # more orders than toasts allowed on screen
+        await place_order(customer, product)
+    assert await customer.locator("#toasts .toast").count() <= 3
+
+    phone = await open_page(browser, site, CUSTOMER, "/", viewport=PHONE)
+    await phone.locator("#cart").scroll_into_view_if_needed()
+    latest = await place_order(phone, product)
+    await expect(phone.locator("#notifications")).to_contain_text(
+        f"Items reserved for order {latest}.", timeout=10_000)
+    overlap = await phone.evaluate("""() => {
+        const cart = document.getElementById('cart').getBoundingClientRect()
+        return [...document.querySelectorAll('#toasts .toast')].some(t => {
+            const r = t.getBoundingClientRect()
+            return r.width > 0 && r.bottom > cart.top && r.top < cart.bottom
+        })
+    }""")
+    assert overlap is False
+
+
+async def test_a_stale_set_stock_is_refused_with_409_and_asked_again(
+    site: Site, browser: Browser
+) -> None:
+    admin = await open_page(browser, site, ADMIN, "/admin")
+    product = await site.db.products.find_one({"stock": {"$gte": 5}}, sort=[("_id", -1)])
+    assert product is not None
+    row = admin.locator("#" + dom_id("inv", product["_id"]))
+    cell = row.locator(".stock-cell")
+    await expect(cell).to_have_attribute("data-stock", str(product["stock"]))
+    field = row.get_by_label(f"New stock of {product['name']}")
+    await field.focus()  # the admin saw this stock when beginning to type
+    # Meanwhile another admin sets it to something else; this page shows it live.
+    async with httpx.AsyncClient(base_url=site.base, headers={"Origin": site.base}) as other:
+        assert (await other.post("/api/login", json={"email": ADMIN, "password":
+                                                     DEFAULT_ADMIN_PASSWORD})).status_code == 200
+        theirs = product["stock"] + 3
+        changed = await other.put(f"/api/products/{product['_id']}/stock", json={"stock": theirs})
+        assert changed.status_code == 200
+        await expect(cell).to_have_attribute("data-stock", str(theirs), timeout=LIVE)
+        await expect(cell).to_have_class(re.compile(r"\bcc-flash\b"), timeout=LIVE)  # flashed
+
+        await field.fill("42")
+        await row.get_by_role("button", name=f"Set stock of {product['name']}").click()
+        await expect(admin.locator("#toasts")).to_contain_text(
+            f"The stock of {product['name']} changed to {theirs} while you were editing it")
+        assert (await site.db.products.find_one({"_id": product["_id"]}))["stock"] == theirs
+        await expect(field).to_be_focused()
+        await expect(field).to_have_value("42")  # kept, to confirm with one more click
+
+        await row.get_by_role("button", name=f"Set stock of {product['name']}").click()
+        await expect(cell).to_have_attribute("data-stock", "42", timeout=LIVE)
+        assert (await site.db.products.find_one({"_id": product["_id"]}))["stock"] == 42
+
+        # The API: the same rule, with a machine-readable code and the current value.
+        stale = await other.put(f"/api/products/{product['_id']}/stock",
+                                json={"stock": 5, "expected": 41})
+        assert stale.status_code == 409
+        assert stale.json()["error"]["code"] == "stock_changed"
+        assert stale.json()["error"]["current"] == 42
+        fresh = await other.put(f"/api/products/{product['_id']}/stock",
+                                json={"stock": 5, "expected": 42})
+        assert fresh.status_code == 200 and fresh.json()["stock"] == 5
+        odd = await other.put(f"/api/products/{product['_id']}/stock",
+                              json={"delta": 1, "expected": 5})
+        assert odd.status_code == 422 and "expected" in odd.json()["error"]["message"]
+        short = await other.put(f"/api/products/{product['_id']}/stock", json={"delta": -500})
+        assert short.status_code == 409
+        assert short.json()["error"]["message"] == (
+            f"Only 5 of {product['name']} in stock: removing 500 would take it below 0.")
+
+
+async def test_offline_is_shown_at_once_and_live_again_when_back(
+    site: Site, browser: Browser
+) -> None:
+    customer = await open_page(browser, site, CUSTOMER, "/")
+    conn = customer.locator("#conn")
+    started = time.monotonic()
+    await customer.context.set_offline(True)
+    await expect(conn).to_have_attribute("data-state", "offline", timeout=500)
+    assert time.monotonic() - started < 1.0  # not three heartbeats later
+    await expect(conn).to_contain_text("Offline")
+    await customer.context.set_offline(False)
+    await expect(conn).to_have_attribute("data-state", "connected", timeout=10_000)
+    await expect(conn).to_contain_text("Live")
+
+
+async def test_keyboard_reaches_place_order_in_a_few_tabs_and_focus_follows_the_result(
+    site: Site, browser: Browser
+) -> None:
+    customer = await open_page(browser, site, CUSTOMER, "/")
+    product = await in_stock_product(site)
+    card = customer.locator("#" + dom_id("product", product["_id"]))
+    await card.get_by_role("button", name=f"Add {product['name']} to cart").click()
+    await expect(customer.locator("#cart")).to_contain_text(product["name"])
+    await customer.reload()  # the cart is kept; keyboard navigation starts at the top
+    await customer.locator("#conn[data-state=connected]").wait_for()
+    tabs = 0
+
+    async def focused() -> str:
+        return str(await customer.evaluate(
+            "(document.activeElement.getAttribute('aria-label') || "
+            "document.activeElement.textContent || '').trim()"))
+
+    while await focused() != "Skip to cart":
+        await customer.keyboard.press("Tab")
+        tabs += 1
+        assert tabs <= 5, await focused()
+    await customer.keyboard.press("Enter")
+    while await focused() != "Place order":
+        await customer.keyboard.press("Tab")
+        tabs += 1
+        assert tabs <= 10, await focused()
+    await customer.keyboard.press("Enter")
+    result = customer.locator("#cart .flash")
+    await expect(result).to_contain_text("placed")
+    await expect(result).to_be_focused()  # not dropped to <body>
+
+
+@pytest.mark.parametrize("path", ["/", "/admin", "/dashboard"])
+async def test_axe_core_finds_no_serious_violation(site: Site, browser: Browser, path: str) -> None:
+    page = await open_page(browser, site, CUSTOMER if path == "/" else ADMIN, path)
+    await page.evaluate(AXE.read_text())  # evaluated by the driver: the page's CSP allows it
+    results = await page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    serious = [(v["id"], v["impact"], [n["target"] for n in v["nodes"][:3]])
+               for v in results["violations"] if v["impact"] in ("serious", "critical")]
+    assert serious == [], serious
