@@ -24,7 +24,7 @@ async def new_order(db: AsyncDatabase[Document], engine: ChangeEngine, admin: Us
     customers = await db.users.find({"role": "customer"}, {"_id": 1}).to_list()
     products = await db.products.find({"stock": {"$gt": 0}}, {"_id": 1}).to_list()
     if not customers or not products:
-        raise Conflict("no customers or no products in stock to simulate with")
+        raise Conflict("There is no customer, or no product in stock, to simulate an order with.")
     rng = random.Random()
     picks = rng.sample(products, min(len(products), rng.randint(1, 3)))
     order, _ = await order_ops.place_order(
@@ -38,7 +38,7 @@ async def update_stock(db: AsyncDatabase[Document], engine: ChangeEngine,
                        admin: User) -> Document:
     products = await db.products.find({}, {"_id": 1, "stock": 1}).to_list()
     if not products:
-        raise Conflict("no products to simulate with")
+        raise Conflict("There are no products to simulate a stock change with.")
     product = random.choice(products)
     delta = random.randint(-min(product["stock"], 15), 25)
     return await stock.change_stock(db, engine, str(product["_id"]), delta=delta)
@@ -49,7 +49,7 @@ async def status_update(db: AsyncDatabase[Document], engine: ChangeEngine,
     candidates = await db.orders.find({"status": {"$in": list(order_ops.ADMIN_NEXT)}},
                                       {"_id": 1, "status": 1}).limit(200).to_list()
     if not candidates:
-        raise Conflict("no order is waiting for an admin step")
+        raise Conflict("No order is waiting for an admin step right now.")
     pick = random.choice(candidates)
     return await order_ops.transition(db, engine, pick["_id"],
                                       order_ops.ADMIN_NEXT[pick["status"]], actor=admin.role,

@@ -57,9 +57,11 @@ def _back(order_id: str) -> str:
     return f"{order_id}:back"
 
 
-async def take(db: AsyncDatabase[Document], order_id: str, item: Document) -> str | None:
+async def take(db: AsyncDatabase[Document], order_id: str, item: Document) -> Document | None:
     """Take ``item``'s units for the order; None when taken (now or by an earlier attempt),
-    else why not: ``out of stock: P`` or ``unknown product: P``."""
+    else why not, as the order records it: ``failure_reason`` (a sentence naming the
+    product), ``failure_code`` (``out_of_stock`` or ``unknown_product``) and
+    ``failure_product`` (its id)."""
     product_id, quantity = item["product_id"], int(item["quantity"])
     taken = await db.products.find_one_and_update(
         {"_id": product_id, "stock": {"$gte": quantity}, HOLDS: {"$nin": [order_id]}},
@@ -68,12 +70,14 @@ async def take(db: AsyncDatabase[Document], order_id: str, item: Document) -> st
         projection={"_id": 1})
     if taken is not None:
         return None
-    product = await db.products.find_one({"_id": product_id}, {HOLDS: 1})
+    product = await db.products.find_one({"_id": product_id}, {HOLDS: 1, "name": 1})
     if product is None:
-        return f"unknown product: {product_id}"
+        return {"failure_reason": f"product {product_id} is not sold any more",
+                "failure_code": "unknown_product", "failure_product": product_id}
     if order_id in (product.get(HOLDS) or ()):
         return None  # an earlier attempt took it and died before the order moved on
-    return f"out of stock: {product_id}"
+    return {"failure_reason": f"{product.get('name') or product_id} is out of stock",
+            "failure_code": "out_of_stock", "failure_product": product_id}
 
 
 async def give_back(db: AsyncDatabase[Document], order_id: str, items: list[Document]) -> int:

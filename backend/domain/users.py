@@ -90,7 +90,7 @@ class LoginThrottle:
             entries = self._recent(key)
             if len(entries) >= limit:
                 retry = max(1, round(entries[0] + self.window - self._clock()))
-                raise Throttled("too many failed sign-ins; try again later", retry_after=retry)
+                raise Throttled("Too many failed sign-ins. Wait a minute, then try again.", retry_after=retry)
         excess = len(self._recent(f"email:{email}")) - self.limit
         return 0.0 if excess < 0 else min(2.0, 0.25 * 2 ** excess)
 
@@ -125,7 +125,7 @@ async def authenticate(db: AsyncDatabase[Document], throttle: LoginThrottle, *, 
                            password)
     if doc is None or not known or not matches:
         throttle.fail(email, client)
-        raise Unauthenticated("wrong email or password")
+        raise Unauthenticated("That email and password do not match an account. Check both and try again.")
     return doc
 
 

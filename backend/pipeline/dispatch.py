@@ -135,8 +135,7 @@ class Dispatcher:
         if taken:  # a nudge promises a change: the watcher treats silence after it as a stall
             self.work.engine.nudge("products")
         if failure is not None:
-            moved = await self.advance(order, "rejected", "pipeline",
-                                       extra={"failure_reason": failure})
+            moved = await self.advance(order, "rejected", "pipeline", extra=failure)
         else:
             moved = await self.advance(order, "reserved", "pipeline")
         # Ours, or whatever the order became meanwhile, says commit or give back.

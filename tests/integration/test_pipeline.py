@@ -171,8 +171,10 @@ async def test_pipeline_64_concurrent_orders_for_the_last_10_units(
         await engine.stop()
     statuses = Counter(o["status"] for o in orders)
     assert statuses == {"processing": 10, "rejected": 54}
-    assert all(o["failure_reason"] == "out of stock: LAST" for o in orders
-               if o["status"] == "rejected")
+    rejected = [o for o in orders if o["status"] == "rejected"]
+    name = (await db.products.find_one({"_id": "LAST"}))["name"]
+    assert {(o["failure_code"], o["failure_product"], o["failure_reason"]) for o in rejected} \
+        == {("out_of_stock", "LAST", f"{name} is out of stock")}
     product = await db.products.find_one({"_id": "LAST"})
     assert product is not None and product["stock"] == 0
 

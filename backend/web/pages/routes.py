@@ -172,7 +172,8 @@ async def _render_cart(request: Request, message: dict[str, str] | None = None,
 def _quantity(value: Any) -> int:
     quantity = _whole(value, "quantity")
     if not 1 <= quantity <= order_ops.MAX_QUANTITY:
-        raise Invalid(f"quantity must be 1..{order_ops.MAX_QUANTITY}, got {quantity}")
+        raise Invalid(f"Choose a quantity from 1 to {order_ops.MAX_QUANTITY:,} (you asked for "
+                      f"{quantity:,}).")
     return quantity
 
 
@@ -199,14 +200,15 @@ async def cart_add(request: Request) -> Response:
         product_id = str(form.get("product_id", ""))
         product = await app_state(request).engine.get("products", product_id)
         if product is None:
-            raise Invalid(f"unknown product {product_id!r}")
+            raise Invalid(f"There is no product {product_id[:40]!r} in the shop.")
         quantity = _quantity(form.get("quantity", "1"))
         wanted = cart.get(product_id, 0) + quantity
         short = _short_of_stock(product, wanted)
         if short:
             raise Conflict(short)
         if product_id not in cart and len(cart) >= MAX_CART_LINES:
-            raise Invalid(f"a cart holds at most {MAX_CART_LINES} different products")
+            raise Invalid(f"A cart holds at most {MAX_CART_LINES} different products; "
+                          "place this order first.")
     except CLIENT_ERRORS as exc:
         return await _render_cart(request, {"kind": "error", "text": exc.message},
                                   status_of(exc))
