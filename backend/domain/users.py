@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +12,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from backend.domain.errors import Invalid, NotFound, Throttled, Unauthenticated
+from backend.domain.limits import SlidingWindow
 from backend.domain.passwords import DUMMY_HASH
 from backend.domain.stock import SETTLE_S
 from streaming import ChangeEngine, Document
@@ -68,38 +68,21 @@ class LoginThrottle:
                  window: float = THROTTLE_WINDOW_S, max_keys: int = 100_000,
                  clock: Clock = time.monotonic) -> None:
         self.limit, self.address_limit, self.window = limit, address_limit, window
-        self.max_keys = max_keys
-        self._clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def _recent(self, key: str) -> deque[float]:
-        entries = self._failures.get(key)
-        if entries is None:
-            entries = self._failures[key] = deque()
-        self._failures.move_to_end(key)
-        cutoff = self._clock() - self.window
-        while entries and entries[0] < cutoff:
-            entries.popleft()
-        return entries
+        self._failures = SlidingWindow(window, max_keys=max_keys, clock=clock)
 
     def check(self, email: str, client: str) -> float:
         """Raise Throttled when this pair or this address failed too often; else the seconds
         this attempt should wait first (0 unless the account is under a spray)."""
         for key, limit in ((f"pair:{email}\0{client}", self.limit),
                            (f"ip:{client}", self.address_limit)):
-            entries = self._recent(key)
-            if len(entries) >= limit:
-                retry = max(1, round(entries[0] + self.window - self._clock()))
-                raise Throttled("Too many failed sign-ins. Wait a minute, then try again.", retry_after=retry)
-        excess = len(self._recent(f"email:{email}")) - self.limit
+            if len(self._failures.recent(key)) >= limit:
+                raise Throttled("Too many failed sign-ins. Wait a minute, then try again.",
+                                retry_after=self._failures.retry_after(key))
+        excess = len(self._failures.recent(f"email:{email}")) - self.limit
         return 0.0 if excess < 0 else min(2.0, 0.25 * 2 ** excess)
 
     def fail(self, email: str, client: str) -> None:
-        now = self._clock()
-        for key in (f"pair:{email}\0{client}", f"ip:{client}", f"email:{email}"):
-            self._recent(key).append(now)
-        while len(self._failures) > self.max_keys:  # bounded memory under a spray
-            self._failures.popitem(last=False)
+        self._failures.add(f"pair:{email}\0{client}", f"ip:{client}", f"email:{email}")
 
 
 Verify = Callable[[str, str], Awaitable[bool]]

@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 from starlette.templating import Jinja2Templates
 
 from backend.domain.analytics import LiveAnalytics
+from backend.domain.demo import DemoLimiter
 from backend.domain.passwords import PasswordPool
 from backend.domain.users import LoginThrottle
 from backend.infra.database import Database
@@ -43,6 +44,7 @@ class AppState:
     history: HistoryMonitor
     reachability: Reachability
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    demo_limiter: DemoLimiter = field(default_factory=DemoLimiter)
     passwords: PasswordPool = field(default_factory=PasswordPool)
     connections: set[Session] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)

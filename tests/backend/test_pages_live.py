@@ -168,9 +168,37 @@ async def test_status_and_stock_actions_enforce_roles_and_answer_errors_as_toast
 
     assert (await customer.post("/ui/simulate/new-order")).status_code == 403
     unknown = await admin.post("/ui/simulate/everything")
-    assert unknown.status_code == 404 and "unknown simulation" in unknown.text
+    assert unknown.status_code == 404 and "There is no demo action" in unknown.text
     simulated = await admin.post("/ui/simulate/update-stock")
     assert simulated.status_code == 200 and "Stock of" in simulated.text
+
+
+async def test_shoppers_demo_controls_work_for_customers_and_are_rate_limited(
+    site: Site,
+) -> None:
+    customer = await site.client(B)
+    bought = await customer.post("/ui/simulate/shopper-buys")
+    assert bought.status_code == 200 and "Another shopper placed order" in bought.text
+    order_id = bought.text.split("order ")[1].split(".")[0]
+    order = await site.db.orders.find_one({"_id": order_id})
+    assert order is not None and order["user_id"] != B_ID  # somebody else's
+    lowest = await site.db.products.find_one({}, sort=[("stock", 1), ("_id", 1)])
+    restocked = await customer.post("/ui/simulate/restock")
+    assert restocked.status_code == 200 and f"Stock of {lowest['name']} is now" in restocked.text
+    # Without an order waiting for the shop, nothing moves, and the customer is told why.
+    await site.db.orders.update_many({"user_id": B_ID, "status": {"$in": ["processing", "shipped"]}},
+                                     {"$set": {"status": "delivered"}})
+    idle = await customer.post("/ui/simulate/advance-mine")
+    assert idle.status_code == 409 and "None of your orders is waiting" in idle.text
+    # 20 demo actions per session per minute, then 429 with Retry-After; other sessions
+    # are not affected.
+    for _ in range(20 - 3):
+        assert (await customer.post("/ui/simulate/restock")).status_code == 200
+    limited = await customer.post("/ui/simulate/restock")
+    assert limited.status_code == 429 and "20 demo actions in a minute" in limited.text
+    assert int(limited.headers["Retry-After"]) >= 1
+    other = await site.client("customer03@example.com")
+    assert (await other.post("/ui/simulate/restock")).status_code == 200
 
 
 async def test_order_detail_shows_audit_and_correlation_to_the_owner_and_admins_only(

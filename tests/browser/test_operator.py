@@ -5,6 +5,7 @@ order", and axe-core on every page."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from pathlib import Path
@@ -187,3 +188,32 @@ async def test_axe_core_finds_no_serious_violation(site: Site, browser: Browser,
     serious = [(v["id"], v["impact"], [n["target"] for n in v["nodes"][:3]])
                for v in results["violations"] if v["impact"] in ("serious", "critical")]
     assert serious == [], serious
+
+
+async def test_portal_demo_controls_move_what_the_customer_watches(
+    site: Site, browser: Browser
+) -> None:
+    customer = await open_page(browser, site, CUSTOMER, "/")
+    demo = customer.get_by_role("region", name="Demo controls")
+    await demo.get_by_role("button", name="Another shopper buys").click()
+    toast = customer.locator("#toasts")
+    await expect(toast).to_contain_text("Another shopper placed order")
+    order_id = re.search(r"ORD-[A-Z0-9]{8}", await toast.inner_text()).group()  # type: ignore[union-attr]
+    order = await site.db.orders.find_one({"_id": order_id})
+    # Its reservation shows on this customer's cards, live.
+    product_id = order["items"][0]["product_id"]
+    live = customer.locator("#" + dom_id("product", product_id) + " .stock-count")
+    async with asyncio.timeout(10):  # until the pipeline has reserved it
+        while (await site.db.orders.find_one({"_id": order_id}))["status"] == "pending":
+            await asyncio.sleep(0.05)
+    stock = (await site.db.products.find_one({"_id": product_id}))["stock"]
+    await expect(live).to_have_text(str(stock), timeout=LIVE)
+    # Advance my order: the customer's own order, once the shop has it, moves on.
+    mine = await place_order(customer, await in_stock_product(site))
+    row = customer.locator("#" + dom_id("my-order", mine))
+    await expect(row.locator(".pill")).to_have_text("Processing", timeout=10_000)
+    await demo.get_by_role("button", name="Advance my order").click()
+    await expect(row.locator(".pill")).to_have_text("Shipped", timeout=LIVE)
+    await expect(row.locator(".step-current")).to_contain_text("Shipped")
+    await demo.get_by_role("button", name="Restock").click()
+    await expect(toast).to_contain_text("is now")

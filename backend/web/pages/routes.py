@@ -27,11 +27,13 @@ from backend.web.http.auth import (
     demo_admin,
     end_session,
     require_admin,
+    require_user,
     sign_in,
     start_session,
 )
-from backend.web.http.errors import CLIENT_ERRORS, ApiError, error_page, status_of
+from backend.web.http.errors import CLIENT_ERRORS, ApiError, error_page, headers_of, status_of
 from backend.web.http.security import is_loopback
+from backend.web.pages.fragments import STATUS_LABELS
 from backend.web.pages.templates import make_fragments
 from backend.web.pages.views import VIEWS
 from backend.web.state import app_state
@@ -129,7 +131,7 @@ def page(view_name: str) -> Callable[[Request], Awaitable[Response]]:
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         context.update(view=view, user=user, seq=seq, name_of=view.fragments.name_of,
-                       demo_controls=user.is_admin and state.settings.demo,
+                       demo_controls=state.settings.demo,
                        heartbeat_s=state.settings.heartbeat_s)
         if view.name == "portal":
             context.update(await cart_context(request))
@@ -277,6 +279,7 @@ def action(handler: Callable[[Request], Awaitable[str | None]]) \
             if status == 401:
                 return to_sign_in()
             response = toast_response(request, exc.message, "error", status)
+            response.headers.update(headers_of(exc))
             if isinstance(exc, StaleStock):  # the page asks again with this value
                 response.headers["X-Current-Stock"] = str(exc.current)
             return response
@@ -321,18 +324,31 @@ async def product_stock(request: Request) -> str | None:
 
 @action
 async def simulate(request: Request) -> str | None:
-    admin = await demo_admin(request)
+    """A demo button: an admin's simulations, or a shopper's (another shopper buys, a
+    restock, the next step of their own order); demo mode only, rate-limited per session."""
     kind = request.path_params["kind"]
-    run = demo.SIMULATIONS.get(kind)
-    if run is None:
-        raise NotFound(f"unknown simulation {kind!r}; expected one of {', '.join(demo.KINDS)}")
     state = app_state(request)
-    doc = await run(state.db, state.engine, admin)
-    if kind == "update-stock":
+    shopper = demo.SHOPPER_SIMULATIONS.get(kind)
+    if shopper is not None:
+        user = await require_user(request)
+        if not state.settings.demo:
+            raise Forbidden("Demo controls are off (CHANGECAST_DEMO).")
+        run = shopper
+    else:
+        user = await demo_admin(request)
+        admin_run = demo.SIMULATIONS.get(kind)
+        if admin_run is None:
+            raise NotFound(f"There is no demo action {kind[:40]!r}; the choices are "
+                           f"{', '.join([*demo.KINDS, *demo.SHOPPER_SIMULATIONS])}.")
+        run = admin_run
+    state.demo_limiter.spend(f"{user.id}:{request.session.get('at', '')}")
+    doc = await run(state.db, state.engine, user)
+    if kind in ("update-stock", "restock"):
         return f"Stock of {doc['name']} is now {doc['stock']}."
-    if kind == "new-order":
-        return f"Simulated order {doc['_id']}."
-    return f"Order {doc['_id']} is now {doc['status']}."
+    if kind in ("new-order", "shopper-buys"):
+        return f"Another shopper placed order {doc['_id']}." if shopper else \
+            f"Simulated order {doc['_id']}."
+    return f"Order {doc['_id']} is now {STATUS_LABELS.get(doc['status'], doc['status'])}."
 
 
 async def order_detail(request: Request) -> Response:
