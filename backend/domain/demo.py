@@ -24,18 +24,26 @@ from streaming import ChangeEngine, Document
 Simulation = Callable[[AsyncDatabase[Document], ChangeEngine, User], Awaitable[Document]]
 
 
-async def new_order(db: AsyncDatabase[Document], engine: ChangeEngine, admin: User) -> Document:
-    customers = await db.users.find({"role": "customer"}, {"_id": 1}).to_list()
+async def _random_order(db: AsyncDatabase[Document], engine: ChangeEngine,
+                        customers: Document, *, most: int, actor: str) -> Document:
+    """An order of 1..``most`` products in stock for one of ``customers``."""
     products = await db.products.find({"stock": {"$gt": 0}}, {"_id": 1}).to_list()
-    if not customers or not products:
-        raise Conflict("There is no customer, or no product in stock, to simulate an order with.")
+    buyers = await db.users.find({"role": "customer", **customers}, {"_id": 1}).to_list()
+    if not buyers or not products:
+        raise Conflict("There is no other shopper, or no product in stock, to buy with."
+                       if customers else
+                       "There is no customer, or no product in stock, to simulate an order with.")
     rng = random.Random()
-    picks = rng.sample(products, min(len(products), rng.randint(1, 3)))
+    picks = rng.sample(products, min(len(products), rng.randint(1, most)))
     order, _ = await order_ops.place_order(
-        db, engine, user_id=str(rng.choice(customers)["_id"]),
+        db, engine, user_id=str(rng.choice(buyers)["_id"]),
         items=[(str(p["_id"]), rng.randint(1, 2)) for p in picks],
-        correlation=order_ops.correlation_id(None), actor=admin.role)
+        correlation=order_ops.correlation_id(None), actor=actor)
     return order
+
+
+async def new_order(db: AsyncDatabase[Document], engine: ChangeEngine, admin: User) -> Document:
+    return await _random_order(db, engine, {}, most=3, actor=admin.role)
 
 
 async def update_stock(db: AsyncDatabase[Document], engine: ChangeEngine,
@@ -63,18 +71,7 @@ async def status_update(db: AsyncDatabase[Document], engine: ChangeEngine,
 async def another_shopper_buys(db: AsyncDatabase[Document], engine: ChangeEngine,
                                user: User) -> Document:
     """An order by some other customer: the viewer sees stock drop under their eyes."""
-    others = await db.users.find({"role": "customer", "_id": {"$ne": user.id}},
-                                 {"_id": 1}).to_list()
-    products = await db.products.find({"stock": {"$gt": 0}}, {"_id": 1}).to_list()
-    if not others or not products:
-        raise Conflict("There is no other shopper, or no product in stock, to buy with.")
-    rng = random.Random()
-    picks = rng.sample(products, min(len(products), rng.randint(1, 2)))
-    order, _ = await order_ops.place_order(
-        db, engine, user_id=str(rng.choice(others)["_id"]),
-        items=[(str(p["_id"]), rng.randint(1, 2)) for p in picks],
-        correlation=order_ops.correlation_id(None), actor="customer")
-    return order
+    return await _random_order(db, engine, {"_id": {"$ne": user.id}}, most=2, actor="customer")
 
 
 RESTOCK_UNITS = 25
