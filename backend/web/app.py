@@ -88,6 +88,7 @@ def routes() -> list[BaseRoute]:
         Route("/ui/cart", pages.cart_add, methods=["POST"], include_in_schema=False),
         Route("/ui/cart/remove", pages.cart_remove, methods=["POST"], include_in_schema=False),
         Route("/ui/checkout", pages.checkout, methods=["POST"], include_in_schema=False),
+        Route("/ui/orders", pages.orders_page, methods=["GET"], include_in_schema=False),
         Route("/ui/orders/{order_id}", pages.order_detail, methods=["GET"],
               include_in_schema=False),
         Route("/ui/orders/{order_id}/status", pages.order_status, methods=["POST"],

@@ -193,6 +193,7 @@
       var watched = detail && detail.dataset.row
       Array.prototype.slice.call(template.content.children).forEach(function (el) {
         var present = el.id ? document.getElementById(el.id) : null
+        countOrders(el, present)
         if (el.hasAttribute('data-if-present') && !present) {
           el.remove()
           return
@@ -223,13 +224,61 @@
     pendingRefresh = null
     trimRows('orders-body', 100)
     trimRows('notifications', 30)
+    showCount()
     updateTrend()
   })
 
   function trimRows (id, keep) {
     var list = document.getElementById(id)
+    if (list && list.dataset.keep) keep = Math.max(keep, Number(list.dataset.keep))
     while (list && list.children.length > keep) list.lastElementChild.remove()
   }
+
+  // ---- the admin's orders table: "Showing 50 of N", and more on demand ---------------------------
+  // N is counted at render and kept by the live changes: an order entering the table (new,
+  // or now matching the filter) adds one, one leaving it takes one away, whether or not
+  // its row is loaded. "Load 50 more" asks for the rows older than the last one shown.
+  function countOrders (el, present) {
+    var count = document.getElementById('orders-count')
+    if (!count || !el.id || el.id.indexOf('order-') !== 0) return
+    var delta = 0
+    if (el.getAttribute('data-upsert') === 'afterbegin:#orders-body' && !present) delta = 1
+    else if (el.getAttribute('hx-swap-oob') === 'delete') delta = -1
+    if (delta) count.dataset.total = Math.max(0, Number(count.dataset.total) + delta)
+  }
+
+  function showCount () {
+    var count = document.getElementById('orders-count')
+    var body = document.getElementById('orders-body')
+    if (!count || !body) return
+    var shown = body.children.length
+    var total = Math.max(Number(count.dataset.total), shown)
+    count.querySelector('.shown').textContent = shown
+    count.querySelector('.total').textContent = total
+    var more = document.getElementById('orders-more')
+    if (more) more.hidden = shown >= total
+  }
+
+  document.addEventListener('htmx:configRequest', function (evt) {
+    if (evt.detail.elt.id !== 'orders-more') return
+    var last = document.querySelector('#orders-body > [data-id]:last-child')
+    var filter = document.getElementById('status-filter')
+    if (last) evt.detail.parameters.after = last.dataset.id
+    if (filter && filter.value) evt.detail.parameters.status = filter.value
+    loadedBefore = document.getElementById('orders-body').children.length
+  })
+  var loadedBefore = 0
+  document.addEventListener('htmx:afterRequest', function (evt) {
+    if (evt.detail.elt.id !== 'orders-more') return
+    var body = document.getElementById('orders-body')
+    // What was asked for stays: live rows arriving at the top push nothing out until
+    // another 100 have come.
+    if (body) body.dataset.keep = body.children.length + 100
+    showCount()
+    var first = body && body.children[loadedBefore] // the first of the rows just loaded
+    var button = first && first.querySelector('button')
+    if (button) button.focus()
+  })
 
   // ---- two admins at once: a set carries the stock its admin saw -------------------------------
   // What the live cell showed when the admin began typing goes with the form as "expected";

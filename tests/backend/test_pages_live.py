@@ -292,3 +292,17 @@ async def test_live_dashboard_pushes_kpis_on_connect_and_after_an_order(site: Si
                 break
     assert 'id="system"' in await frame(ws, 'id="system"')
     await ws.close()
+
+
+async def test_orders_page_endpoint_pages_by_keyset_and_refuses_bad_input(site: Site) -> None:
+    admin = await site.client("admin@example.com")
+    newest = await site.db.orders.find({}, {"_id": 1}).sort([("created_at", -1), ("_id", 1)]) \
+        .limit(100).to_list()
+    page = await admin.get("/ui/orders", params={"after": newest[49]["_id"]})
+    assert page.status_code == 200
+    assert re.findall(r'data-id="([^"]+)"', page.text) == [o["_id"] for o in newest[50:100]]
+    assert page.text.count('data-upsert="beforeend:#orders-body"') == 50
+    assert (await admin.get("/ui/orders", params={"status": "nope"})).status_code == 400
+    assert (await admin.get("/ui/orders", params={"after": "ORD-NOTHERE"})).status_code == 404
+    customer = await site.client(A)
+    assert (await customer.get("/ui/orders")).status_code == 403

@@ -217,3 +217,35 @@ async def test_portal_demo_controls_move_what_the_customer_watches(
     await expect(row.locator(".step-current")).to_contain_text("Shipped")
     await demo.get_by_role("button", name="Restock").click()
     await expect(toast).to_contain_text("is now")
+
+
+async def test_admin_orders_say_how_many_load_more_and_keep_live_rows_at_the_top(
+    site: Site, browser: Browser
+) -> None:
+    admin = await open_page(browser, site, ADMIN, "/admin")
+    total = await site.db.orders.count_documents({})
+    assert total > 100  # the seeded history
+    count, rows = admin.locator("#orders-count"), admin.locator("#orders-body > [role=row]")
+    await expect(count).to_have_text(f"Showing 50 of {total}")
+    await admin.get_by_role("button", name="Load 50 more").click()
+    await expect(rows).to_have_count(100)
+    await expect(count).to_have_text(f"Showing 100 of {total}")
+    ids = await rows.evaluate_all("rows => rows.map(r => r.dataset.id)")
+    newest = await site.db.orders.find({}, {"_id": 1}).sort([("created_at", -1), ("_id", 1)]) \
+        .limit(100).to_list()
+    assert ids == [o["_id"] for o in newest]  # in order, none twice, none skipped
+    # A new order arrives at the top while the older rows stay loaded.
+    await admin.get_by_role("region", name="Demo controls").get_by_role(
+        "button", name="Simulate new order").click()
+    await expect(count).to_have_text(f"Showing 101 of {total + 1}", timeout=LIVE)
+    fresh = await rows.first.get_attribute("data-id")
+    assert fresh not in ids
+    # Filtered: the count is the filter's, and an order leaving the filter takes one off.
+    await admin.get_by_label("Status", exact=True).select_option("processing")
+    processing = await site.db.orders.count_documents({"status": "processing"})
+    shown = min(50, processing)
+    await expect(count).to_have_text(f"Showing {shown} of {processing}", timeout=LIVE)
+    first = rows.first
+    order_id = await first.get_attribute("data-id")
+    await first.get_by_role("button", name=f"Mark shipped: {order_id}").click()
+    await expect(count).to_have_text(f"Showing {shown - 1} of {processing - 1}", timeout=LIVE)

@@ -35,7 +35,7 @@ from backend.web.http.errors import CLIENT_ERRORS, ApiError, error_page, headers
 from backend.web.http.security import is_loopback
 from backend.web.pages.fragments import STATUS_LABELS
 from backend.web.pages.templates import make_fragments
-from backend.web.pages.views import VIEWS
+from backend.web.pages.views import VIEWS, AdminView, status_filter
 from backend.web.state import app_state
 from streaming import Document
 
@@ -349,6 +349,27 @@ async def simulate(request: Request) -> str | None:
         return f"Another shopper placed order {doc['_id']}." if shopper else \
             f"Simulated order {doc['_id']}."
     return f"Order {doc['_id']} is now {STATUS_LABELS.get(doc['status'], doc['status'])}."
+
+
+async def orders_page(request: Request) -> Response:
+    """The admin table's next rows (``after`` the last one shown), as upserts at its end."""
+    state = app_state(request)
+    user = await require_admin(request)
+    try:
+        status = status_filter(request.query_params.get("status")) or ""
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    view = AdminView(state, user, make_fragments(state), {"status": status})
+    after_id = request.query_params.get("after", "")[:64]
+    after = await state.db.orders.find_one({"_id": after_id}, {"created_at": 1}) \
+        if after_id else None
+    if after_id and after is None:
+        raise NotFound(f"There is no order {after_id}.")
+    orders = await view.orders(after)
+    fragments = view.fragments
+    html = "".join(fragments.order_row(order, {"upsert": "beforeend:#orders-body"})
+                   for order in orders)
+    return _html(html, headers={"Cache-Control": "no-store"})
 
 
 async def order_detail(request: Request) -> Response:

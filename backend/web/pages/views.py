@@ -174,15 +174,26 @@ class AdminView(View):
         return [Sub("orders", "orders", where=where), Sub("products", "products"),
                 Sub("notifications", "notifications", restriction={"user_id": self.user.id})]
 
-    async def orders(self) -> list[Document]:
-        query = {"status": self.status} if self.status else {}
+    async def orders(self, after: Document | None = None) -> list[Document]:
+        """A page of the table, newest first; ``after`` an order: the ones older than it
+        (a keyset, so that orders arriving at the top meanwhile shift nothing)."""
+        query: Document = {"status": self.status} if self.status else {}
+        if after is not None:
+            older = {"$or": [{"created_at": {"$lt": after["created_at"]}},
+                             {"created_at": after["created_at"], "_id": {"$gt": after["_id"]}}]}
+            query = {"$and": [query, older]} if query else older
         return await self.db.orders.find(query).sort([("created_at", -1), ("_id", 1)]) \
             .limit(ADMIN_ORDERS).to_list()
 
+    async def total(self) -> int:
+        """How many orders the table's filter matches."""
+        return await self.db.orders.count_documents({"status": self.status} if self.status
+                                                     else {})
+
     async def context(self) -> dict[str, Any]:
         products = await self.products()
-        return {"orders": await self.orders(), "products": products,
-                "alerts": low_stock(products),
+        return {"orders": await self.orders(), "total": await self.total(),
+                "products": products, "alerts": low_stock(products),
                 "status": self.status or "", "statuses": STATUSES}
 
     def render(self, delivery: Delivery) -> list[str]:
@@ -210,7 +221,10 @@ class AdminView(View):
     async def reload(self, collection: str) -> list[str]:
         f = self.fragments
         if collection == "orders":
-            return [f.render("_orders_body.html", {"oob": "true"}, orders=await self.orders())]
+            orders, total = await self.orders(), await self.total()
+            return [f.render("_orders_body.html", {"oob": "true"}, orders=orders),
+                    f.render("_orders_count.html", {"oob": "true"}, shown=len(orders),
+                             total=total)]
         if collection == "products":
             products = await self.products()
             return [f.render("_inventory_body.html", {"oob": "true"}, products=products),
