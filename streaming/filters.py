@@ -7,6 +7,7 @@ Grammar (keywords are case-insensitive)::
     factor     := NOT factor | '(' expr ')' | comparison
     comparison := path ( ('=' | '!=' | '<>' | '<' | '<=' | '>' | '>=') literal
                        | [NOT] IN '(' literal (',' literal)* ')'
+                       | [NOT] LIKE 'pattern'
                        | IS [NOT] NULL )
     literal    := 'string' | number | TRUE | FALSE | NULL
 
@@ -17,7 +18,10 @@ Expressions compile to closures (never ``eval``).
 
 Semantics are two-valued and type-strict: a comparison with a missing or null
 field is false (use ``IS NULL``), numbers compare with numbers and strings
-with strings, booleans only with ``=``/``!=``. ``NOT`` negates. Arrays follow
+with strings, booleans only with ``=``/``!=``. ``NOT`` negates. ``LIKE`` matches strings against a
+pattern where ``%`` is any run of characters and ``_`` any one, ignoring case (as MySQL's
+default collations do): ``name LIKE '%kettle%'``; ``NOT LIKE`` holds for a present,
+non-null value that does not match. Arrays follow
 MongoDB's query rules, so that a REST list (answered by the database) and a live
 view (answered here) agree: a path through an array looks into each element, and a
 comparison holds when any value reached satisfies it (``items.product_id =
@@ -54,7 +58,7 @@ _TOKEN = re.compile(
     )""",
     re.VERBOSE,
 )
-_KEYWORDS = {"AND", "OR", "NOT", "IN", "IS", "NULL", "TRUE", "FALSE"}
+_KEYWORDS = {"AND", "OR", "NOT", "IN", "IS", "LIKE", "NULL", "TRUE", "FALSE"}
 _ORDERING = {"<", "<=", ">", ">="}
 
 
@@ -87,6 +91,15 @@ class In:
 
 
 @dataclass(frozen=True, slots=True)
+class Like:
+    """``path [NOT] LIKE 'pattern'`` (``%`` any run, ``_`` one character, any case)."""
+
+    path: str
+    pattern: str
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True)
 class IsNull:
     """``path IS [NOT] NULL``."""
 
@@ -115,7 +128,7 @@ class Not:
     item: Node
 
 
-Node = Compare | In | IsNull | And | Or | Not
+Node = Compare | In | Like | IsNull | And | Or | Not
 
 
 # ---- tokenizer and parser -------------------------------------------------------------------
@@ -228,8 +241,14 @@ class _Parser:
         if self._is_keyword("NOT"):
             self._advance()
             negated = True
-            self._expect("IN after NOT", self._is_keyword("IN"))
+            if self._is_keyword("LIKE"):
+                self._advance()
+                return Like(path, self._pattern(), negated)
+            self._expect("IN or LIKE after NOT", self._is_keyword("IN"))
             return In(path, self._list(), negated)
+        if self._is_keyword("LIKE"):
+            self._advance()
+            return Like(path, self._pattern(), negated)
         if self._is_keyword("IN"):
             self._advance()
             return In(path, self._list(), negated)
@@ -241,8 +260,14 @@ class _Parser:
             self._expect("NULL", self._is_keyword("NULL"))
             return IsNull(path, negated)
         raise FilterError(
-            f"expected a comparison (=, !=, <>, <, <=, >, >=, IN, NOT IN, IS) after {path!r}, "
+            f"expected a comparison (=, !=, <>, <, <=, >, >=, IN, NOT IN, LIKE, IS) after "
+            f"{path!r}, "
             f"got {self.token.text!r}", self.token.pos)
+
+    def _pattern(self) -> str:
+        token = self.token
+        self._expect("a 'pattern' after LIKE", token.kind == "string")
+        return str(token.value)
 
     def _list(self) -> tuple[Any, ...]:
         self._expect("'(' to open the IN list", self.token.kind == "punct" and self.token.text == "(")
@@ -324,6 +349,12 @@ def _values(path: str) -> Callable[[Document], list[Any]]:
     return top
 
 
+def like_regex(pattern: str) -> str:
+    """The regular expression of a LIKE pattern (anchored; flags i and s apply)."""
+    return "^" + "".join(".*" if c == "%" else "." if c == "_" else re.escape(c)
+                         for c in pattern) + "$"
+
+
 def _compile(node: Node) -> Predicate:
     # Each comparison holds when any value the path reaches satisfies it, and a negation
     # when none does: the same answers as the MongoDB query of ``_to_mongo``, so a REST
@@ -347,6 +378,17 @@ def _compile(node: Node) -> Predicate:
             return any(values_equal(v, o) for v in found for o in options)
 
         return member
+    if isinstance(node, Like):
+        values, negated = _values(node.path), node.negated
+        regex = re.compile(like_regex(node.pattern), re.IGNORECASE | re.DOTALL)
+
+        def like(v: Any) -> bool:
+            return isinstance(v, str) and regex.match(v) is not None
+
+        if negated:
+            return lambda doc: bool(found := values(doc)) and not any(
+                v is None or like(v) for v in found)
+        return lambda doc: any(like(v) for v in values(doc))
     if isinstance(node, IsNull):
         values = _values(node.path)
 
@@ -380,6 +422,11 @@ def _to_mongo(node: Node) -> Document:
         if node.negated:
             return {node.path: {"$nin": [*node.values, None]}}
         return {node.path: {"$in": [v for v in node.values if v is not None]}}
+    if isinstance(node, Like):
+        regex = {"$regex": like_regex(node.pattern), "$options": "is"}
+        if node.negated:
+            return {node.path: {"$ne": None, "$not": regex}}
+        return {node.path: regex}
     if isinstance(node, IsNull):
         return {node.path: {"$ne": None}} if node.negated else {node.path: None}
     if isinstance(node, And):

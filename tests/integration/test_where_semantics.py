@@ -56,6 +56,12 @@ CASES = [
     "note IS NOT NULL",
     "NOT (status = 'paid')",
     "NOT items.product_id = 'SKU-1'",
+    "status LIKE 'p%'",
+    "status NOT LIKE 'p%'",
+    "note LIKE '%DOOR'",
+    "tags LIKE 'gi_t'",
+    "tags NOT LIKE 'gi_t'",
+    "items.product_id LIKE 'sku-_'",
 ]
 # What MongoDB answers (its documented array and null rules), by hand: the live view's
 # predicate must give exactly these, so that a replica set's REST answer agrees too.
@@ -65,6 +71,9 @@ EXPECTED = {
     "tags = 'rush'": ["o1", "o3"],
     "payment.status IS NULL": ["o2", "o3"],
     "note IS NULL": ["o1", "o2", "o3", "o4"],
+    "status LIKE 'p%'": ["o1", "o2", "o4"],
+    "note LIKE '%DOOR'": ["o5"],
+    "tags NOT LIKE 'gi_t'": ["o2", "o3"],
 }
 
 

@@ -31,6 +31,14 @@ ORDER = {"_id": "ORD-1", "status": "paid", "total_cents": 12_500, "user_id": "u1
     ("status = 'it''s'", False),
     ("(status = 'paid' OR status = 'x') AND NOT gift = TRUE", True),
     ("status in ('PAID') or Total_Cents > 0", False),  # keywords any case, fields exact
+    ("status LIKE 'pa%'", True),
+    ("status like 'PA_D'", True),  # any case; _ is one character
+    ("status LIKE 'pa'", False),  # the whole value
+    ("status LIKE 'p%d' AND user_id NOT LIKE 'x%'", True),
+    ("total_cents LIKE '12%'", False),  # strings only
+    ("missing NOT LIKE 'x%'", False),  # like != : a missing field is not "not like"
+    ("payment.state LIKE '%tur%'", True),
+    ("status LIKE 'pa.d'", False),  # regex characters are literal
 ])
 def test_filter_semantics(where: str, expected: bool) -> None:
     assert compile_filter(where).matches(ORDER) is expected
@@ -50,6 +58,8 @@ def test_filter_semantics(where: str, expected: bool) -> None:
     ("1 = 1", 0, "expected a field name"),
     ("", 0, "empty"),
     ("status = 'unterminated", 9, "unterminated string"),
+    ("status LIKE 5", 12, "a 'pattern' after LIKE"),
+    ("status NOT = 'a'", 11, "IN or LIKE after NOT"),
 ])
 def test_filter_errors_name_position_and_expectation(where: str, position: int,
                                                      fragment: str) -> None:
@@ -76,6 +86,10 @@ def test_filter_translates_to_mongo() -> None:
         {"x": None},
     ]}
     assert compile_filter("a != 1").mongo == {"a": {"$nin": [1, None]}}
+    assert compile_filter("name LIKE '%a.b_'").mongo == {
+        "name": {"$regex": "^.*a\\.b.$", "$options": "is"}}
+    assert compile_filter("name NOT LIKE 'x%'").mongo == {
+        "name": {"$ne": None, "$not": {"$regex": "^x.*$", "$options": "is"}}}
 
 
 def test_filter_equality_constraints_for_routing() -> None:
