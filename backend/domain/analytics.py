@@ -20,6 +20,7 @@ from streaming import ChangeEngine, ChangeEvent, Document
 
 REVENUE_STATUSES = frozenset({"paid", "processing", "shipped", "delivered"})
 TREND_MINUTES = 30
+HISTORY_HOURS = 14 * 24
 
 
 class Analytics:
@@ -49,8 +50,10 @@ class Analytics:
         customers: dict[str, int] = {}
         products: dict[str, int] = {}
         minutes: dict[str, int] = {}
+        hours: dict[str, int] = {}
         now = now or datetime.now(UTC)
         cutoff = iso(now - timedelta(minutes=TREND_MINUTES))
+        since = iso(now - timedelta(hours=HISTORY_HOURS))
         for status, total, user, items, created in self._orders.values():
             per_status[status] = per_status.get(status, 0) + 1
             if status in REVENUE_STATUSES:
@@ -62,6 +65,9 @@ class Analytics:
             if created >= cutoff:
                 minute = created[:16]
                 minutes[minute] = minutes.get(minute, 0) + 1
+            if created >= since:
+                hour = created[:13]
+                hours[hour] = hours.get(hour, 0) + 1
         top = sorted(customers.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
         best = sorted(products.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
         return {
@@ -71,6 +77,7 @@ class Analytics:
             "top_customers": [{"user_id": u, "revenue_cents": r} for u, r in top],
             "top_products": [{"product_id": p, "quantity": q} for p, q in best],
             "orders_per_minute": [{"minute": m, "orders": n} for m, n in sorted(minutes.items())],
+            "orders_per_hour": [{"hour": h, "orders": n} for h, n in sorted(hours.items())],
         }
 
 
@@ -133,15 +140,30 @@ class LiveAnalytics:
         self._bump()
 
 
-def trend(per_minute: list[dict[str, Any]], *, now: datetime | None = None,
-          minutes: int = TREND_MINUTES) -> list[list[int]]:
-    """``[[epoch seconds of each minute], [orders in it]]`` for the last ``minutes``, gaps as 0."""
-    end = (now or datetime.now(UTC)).replace(second=0, microsecond=0)
-    counts = {row["minute"]: row["orders"] for row in per_minute}
+def _series(rows: list[dict[str, Any]], key: str, *, end: datetime, step: timedelta,
+            count: int, width: int) -> list[list[int]]:
+    """``[[epoch seconds of each step], [orders in it]]``, the ``count`` steps up to ``end``
+    (rows are keyed by the first ``width`` characters of the ISO time), gaps as 0."""
+    counts = {row[key]: row["orders"] for row in rows}
     xs: list[int] = []
     ys: list[int] = []
-    for back in range(minutes - 1, -1, -1):
-        minute = end - timedelta(minutes=back)
-        xs.append(int(minute.timestamp()))
-        ys.append(counts.get(iso(minute)[:16], 0))
+    for back in range(count - 1, -1, -1):
+        at = end - step * back
+        xs.append(int(at.timestamp()))
+        ys.append(counts.get(iso(at)[:width], 0))
     return [xs, ys]
+
+
+def trend(per_minute: list[dict[str, Any]], *, now: datetime | None = None,
+          minutes: int = TREND_MINUTES) -> list[list[int]]:
+    """Orders per minute over the last ``minutes`` (see ``_series``)."""
+    end = (now or datetime.now(UTC)).replace(second=0, microsecond=0)
+    return _series(per_minute, "minute", end=end, step=timedelta(minutes=1), count=minutes,
+                   width=16)
+
+
+def hourly_trend(per_hour: list[dict[str, Any]], *, now: datetime | None = None,
+                 hours: int = HISTORY_HOURS) -> list[list[int]]:
+    """Orders per hour over the last ``hours`` (see ``_series``)."""
+    end = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
+    return _series(per_hour, "hour", end=end, step=timedelta(hours=1), count=hours, width=13)

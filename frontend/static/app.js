@@ -1,7 +1,8 @@
 /* ChangeCast pages: the few things htmx does not do by itself.
  *
  * - resume: every (re)connection of the live socket carries the last seq the page applied
- *   (#cc-seq, advanced by the server's own fragments) and the admin's status filter;
+ *   (#cc-seq, advanced by the server's own fragments), the admin's status filter and the
+ *   product search;
  * - the connection indicator: connecting / live / degraded (the database does not answer:
  *   last known data, actions paused) / reconnecting / offline (the browser says so);
  * - changed values flash (a static outline with prefers-reduced-motion);
@@ -23,6 +24,13 @@
     if (marker && marker.dataset.seq) target.searchParams.set('resume_from', marker.dataset.seq)
     var filter = document.getElementById('status-filter')
     if (filter && filter.value) target.searchParams.set('status', filter.value)
+    var search = document.querySelector('form.search')
+    if (search) {
+      var q = search.querySelector('[name=q]').value
+      var category = search.querySelector('[name=category]').value
+      if (q) target.searchParams.set('q', q)
+      if (category) target.searchParams.set('category', category)
+    }
     var socket = new WebSocket(target.toString())
     socket.binaryType = htmx.config.wsBinaryType
     watch(socket)
@@ -400,33 +408,38 @@
     toast('Could not reach the server; check the connection and try again.', 'error')
   })
 
-  // ---- the order trend (dashboard) -----------------------------------------------------------
-  var chart = null
-  var lastPoints = null
+  // ---- the order trends (dashboard): per minute, live; per hour over 14 days ------------------
+  var charts = {}
 
-  function updateTrend () {
-    var data = document.getElementById('trend-data')
-    var box = document.getElementById('trend-chart')
+  function drawTrend (dataId, boxId, label) {
+    var data = document.getElementById(dataId)
+    var box = document.getElementById(boxId)
     if (!data || !box || typeof uPlot === 'undefined') return
     var raw = data.dataset.points
-    if (raw === lastPoints && chart) return
-    lastPoints = raw
+    var known = charts[boxId]
+    if (known && raw === known.raw) return
     var points = JSON.parse(raw)
-    if (chart) {
-      chart.setData(points)
+    if (known) {
+      known.raw = raw
+      known.chart.setData(points)
       return
     }
-    chart = new uPlot({
-      width: Math.max(280, box.clientWidth),
+    var width = function () { return Math.max(260, box.clientWidth) }
+    var chart = new uPlot({
+      width: width(),
       height: 220,
       scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, Math.max(4, max + 1)] } } },
       axes: [{ stroke: '#5b6475' }, { stroke: '#5b6475' }],
       legend: { show: false },
-      series: [{}, { label: 'Orders', stroke: '#2447b3', width: 2, fill: 'rgba(36, 71, 179, 0.12)', points: { show: false } }]
+      series: [{}, { label: label, stroke: '#2447b3', width: 2, fill: 'rgba(36, 71, 179, 0.12)', points: { show: false } }]
     }, points, box)
-    window.addEventListener('resize', function () {
-      chart.setSize({ width: Math.max(280, box.clientWidth), height: 220 })
-    })
+    charts[boxId] = { chart: chart, raw: raw }
+    window.addEventListener('resize', function () { chart.setSize({ width: width(), height: 220 }) })
+  }
+
+  function updateTrend () {
+    drawTrend('trend-data', 'trend-chart', 'Orders per minute')
+    drawTrend('trend-hours-data', 'trend-hours-chart', 'Orders per hour')
   }
 
   document.addEventListener('DOMContentLoaded', function () {

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from backend.domain.analytics import trend
+from backend.domain.analytics import hourly_trend, trend
 from backend.domain.users import User
 from backend.web.live.frames import frame_payloads
 from backend.web.live.page_socket import PageOutlet, coalesced
 from backend.web.pages.fragments import Fragments, dom_id, money, stock_level
 from backend.web.pages.templates import make_templates
-from backend.web.pages.views import AdminView, PortalView, status_filter
+from backend.web.pages.views import AdminView, PortalView, product_filter, search_params, status_filter
 from streaming import Batch, ChangeEvent, Delivery, DocumentCache, Hub
 from streaming.events import diff
 
@@ -156,12 +156,36 @@ def test_admin_rows_offer_the_next_step_and_leave_when_filtered_out() -> None:
 
 def test_admin_stock_change_updates_inventory_cell_and_alert_list() -> None:
     view = AdminView(state([PRODUCT]), ROOT_USER, fragments())
-    cell, alert = view.render(delivery("update", "products", dict(PRODUCT, stock=2), PRODUCT))
+    low = delivery("update", "products", dict(PRODUCT, stock=2), PRODUCT)
+    [cell] = view.render(low.for_subscription("inventory"))  # the searched table
     assert top(cell)[0][1]["id"] == "inv-SKU-1-live"
+    [alert] = view.render(low.for_subscription("products"))  # every product: the alerts
     assert top(alert)[0][1]["data-upsert"] == "beforeend:#alerts" and "2 left" in alert
-    _, alert = view.render(delivery("update", "products", PRODUCT, dict(PRODUCT, stock=2)))
+    healthy = delivery("update", "products", PRODUCT, dict(PRODUCT, stock=2))
+    [alert] = view.render(healthy.for_subscription("products"))
     assert top(alert)[0][1] == {"id": "alert-SKU-1", "hx-swap-oob": "delete",
                                 "data-if-present": None}
+    # A product entering the searched inventory gets its whole row, leaving it goes.
+    entered = Delivery("inventory", "enter", low.event, doc=low.event.doc)
+    [row] = view.render(entered)
+    assert top(row)[0][1]["data-upsert"] == "beforeend:#inventory-body"
+    [gone] = view.render(Delivery("inventory", "leave", low.event))
+    assert top(gone)[0][1]["id"] == "inv-SKU-1" and top(gone)[0][1]["hx-swap-oob"] == "delete"
+
+
+def test_product_search_becomes_an_engine_filter() -> None:
+    assert product_filter({"q": "", "category": ""}) is None
+    where = product_filter(search_params("  summit   KETTLE ", "Home"))
+    assert where is not None
+    assert where.matches({"_id": "SKU-HOM-1", "name": "Summit Kettle", "category": "Home"})
+    assert not where.matches({"_id": "SKU-HOM-2", "name": "Summit Kettle", "category": "Toys"})
+    assert not where.matches({"_id": "SKU-HOM-3", "name": "Summit Mug", "category": "Home"})
+    assert where.constraints == {"category": frozenset({"Home"})}  # routed by the index
+    # Quotes and wildcards typed into the box are text, not syntax.
+    tricky = product_filter(search_params("it's 100%", ""))
+    assert tricky is not None and tricky.matches({"_id": "x", "name": "It's 100 days"})
+    with pytest.raises(ValueError):
+        search_params(["list"], "")
 
 
 def test_status_filter_accepts_known_statuses_only() -> None:
@@ -179,6 +203,18 @@ def test_trend_fills_every_minute_of_the_window() -> None:
     assert ys == [0, 0, 1, 0, 3]
     assert xs[-1] == int(datetime(2026, 11, 22, 5, 30, tzinfo=UTC).timestamp())
     assert [b - a for a, b in itertools.pairwise(xs)] == [60] * 4
+
+
+def test_hourly_trend_covers_fourteen_days_hour_by_hour() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 11, 22, 5, 30, 40, tzinfo=UTC)
+    xs, ys = hourly_trend([{"hour": "2026-11-22T05", "orders": 2},
+                           {"hour": "2026-11-08T06", "orders": 4},
+                           {"hour": "2026-11-08T05", "orders": 9}], now=now)
+    assert len(xs) == len(ys) == 14 * 24
+    assert ys[0] == 4 and ys[-1] == 2 and sum(ys) == 6  # 05:00 two weeks back is outside
+    assert [b - a for a, b in itertools.pairwise(xs)] == [3600] * (14 * 24 - 1)
 
 
 class Wire:

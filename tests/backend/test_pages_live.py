@@ -270,7 +270,8 @@ async def test_live_admin_filter_changes_over_the_socket(site: Site) -> None:
     ws = await site.live("admin@example.com", "admin", "?status=cancelled")
     await ws.send('{"status": "delivered", "HEADERS": {"HX-Request": "true"}}')
     html = await frame(ws, 'id="orders-body"')
-    statuses = set(re.findall(r'role="row" class="row" id="order-[^"]+" data-status="(\w+)"', html))
+    statuses = set(re.findall(
+        r'role="row" class="row" id="order-[^"]+" data-id="[^"]+" data-status="(\w+)"', html))
     assert statuses == {"delivered"}
     await ws.send('{"status": "everything"}')
     assert "Not understood" in await frame(ws, "toast")

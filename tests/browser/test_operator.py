@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.async_api import Browser, expect
 
+from backend.domain.clock import iso
 from backend.infra.settings import DEFAULT_ADMIN_PASSWORD
 from backend.web.pages.fragments import dom_id
 from tests.browser.conftest import ADMIN, PHONE, Site, in_stock_product, open_page, place_order
@@ -249,3 +251,63 @@ async def test_admin_orders_say_how_many_load_more_and_keep_live_rows_at_the_top
     order_id = await first.get_attribute("data-id")
     await first.get_by_role("button", name=f"Mark shipped: {order_id}").click()
     await expect(count).to_have_text(f"Showing {shown - 1} of {processing - 1}", timeout=LIVE)
+
+
+async def test_search_and_category_filter_cards_entering_and_leaving_live(
+    site: Site, browser: Browser
+) -> None:
+    customer = await open_page(browser, site, CUSTOMER, "/")
+    admin = await open_page(browser, site, ADMIN, "/admin")
+    products = await site.db.products.find({}).sort("_id", 1).to_list()
+    target, other = products[0], next(p for p in products if p["category"] != products[0]["category"])
+    cards = customer.locator("#product-grid .card")
+    await expect(cards).to_have_count(len(products))
+
+    word = target["name"].split()[-1]
+    await customer.get_by_label("Search products").fill(word.lower())  # any case
+    expected = [p for p in products if word.lower() in
+                f"{p['name']} {p['_id']} {p['category']}".lower()]
+    await expect(cards).to_have_count(len(expected))
+    # A product renamed to match enters the grid; renamed away, it leaves: live.
+    await site.db.products.update_one({"_id": other["_id"]},
+                                      {"$set": {"name": f"{other['name']} {word}"}})
+    entered = customer.locator("#" + dom_id("product", other["_id"]))
+    await expect(entered).to_be_visible(timeout=LIVE)
+    await site.db.products.update_one({"_id": other["_id"]}, {"$set": {"name": other["name"]}})
+    await expect(entered).to_have_count(0, timeout=LIVE)
+
+    # The category filter, on the admin's inventory: rows enter and leave as categories do.
+    await customer.get_by_label("Search products").fill("")
+    await expect(cards).to_have_count(len(products))
+    inventory = admin.locator("#inventory-body > [role=row]")
+    await admin.locator("#inventory-search-category").select_option(target["category"])
+    same = [p for p in products if p["category"] == target["category"]]
+    await expect(inventory).to_have_count(len(same))
+    await site.db.products.update_one({"_id": other["_id"]},
+                                      {"$set": {"category": target["category"]}})
+    await expect(inventory).to_have_count(len(same) + 1, timeout=LIVE)
+    await site.db.products.update_one({"_id": other["_id"]},
+                                      {"$set": {"category": other["category"]}})
+    await expect(inventory).to_have_count(len(same), timeout=LIVE)
+    # The alerts still watch every product, whatever the inventory shows.
+    await site.db.products.update_one({"_id": other["_id"]}, {"$set": {"stock": 0}})
+    await expect(admin.locator("#" + dom_id("alert", other["_id"]))).to_be_visible(timeout=LIVE)
+    # Nothing matching says so.
+    await customer.get_by_label("Search products").fill("zzzz-nothing")
+    await expect(cards).to_have_count(0)
+    assert "No product matches" in await customer.evaluate(
+        "getComputedStyle(document.getElementById('product-grid'), '::after').content")
+
+
+async def test_dashboard_charts_orders_per_hour_over_fourteen_days(
+    site: Site, browser: Browser
+) -> None:
+    dashboard = await open_page(browser, site, ADMIN, "/dashboard")
+    chart = dashboard.locator("#trend-hours-chart canvas")
+    await expect(chart).to_have_count(1)
+    points = await dashboard.evaluate(
+        "JSON.parse(document.getElementById('trend-hours-data').dataset.points)")
+    assert len(points[0]) == 14 * 24 and len(points[1]) == 14 * 24
+    since = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=14 * 24 - 1)
+    recent = await site.db.orders.count_documents({"created_at": {"$gte": iso(since)}})
+    assert sum(points[1]) == recent > 0  # the seeded history shows, not a flat zero line

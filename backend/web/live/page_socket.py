@@ -28,7 +28,15 @@ from backend.web.live.frames import SocketOutlet, Wire, text_frame, wire_of
 from backend.web.live.session import Session
 from backend.web.pages.fragments import Fragments
 from backend.web.pages.templates import make_fragments
-from backend.web.pages.views import VIEWS, DashboardView, Sub, View, status_filter, system_figures
+from backend.web.pages.views import (
+    VIEWS,
+    DashboardView,
+    Sub,
+    View,
+    search_params,
+    status_filter,
+    system_figures,
+)
 from backend.web.state import app_state
 from streaming import Batch, Delivery, Subscriber, Subscription
 
@@ -76,31 +84,34 @@ class PageOutlet(SocketOutlet):
             self._marker = (seq, text_frame(self.fragments.seq(seq).encode()))
         return self._marker[1]
 
-    def _fragments(self, batch: Batch) -> bytes:
-        """The batch's fragments on this kind of page, rendered once for all of them."""
-        html: bytes | None = batch.encoded.get(self.view.name)
+    def _fragments(self, batch: Batch, sub_id: str) -> bytes:
+        """The batch's fragments for subscription ``sub_id`` on this kind of page, rendered
+        once for all of them."""
+        key = (self.view.name, sub_id)
+        html: bytes | None = batch.encoded.get(key)
         if html is None:
-            parts = [part for d in coalesced(batch.deliveries) for part in self.view.render(d)]
-            html = batch.encoded[self.view.name] = "".join(parts).encode()
+            parts = [part for d in coalesced(batch.deliveries)
+                     for part in self.view.render(d.for_subscription(sub_id))]
+            html = batch.encoded[key] = "".join(parts).encode()
         return html
 
     def deliver(self, items: list[tuple[Subscription, Batch]], seq: int) -> None:
         """One frame: the fragments, then the marker (the contract's frame shape)."""
-        live = [batch for sub, batch in items if sub.active]
+        live = [(sub.id, batch) for sub, batch in items if sub.active]
         if len(live) == 1:
-            batch = live[0]
-            key = (self.view.name, seq)
+            sub_id, batch = live[0]
+            key = (self.view.name, sub_id, seq)
             frame: bytes | None = batch.encoded.get(key)
             if frame is None:
-                html = self._fragments(batch)
+                html = self._fragments(batch, sub_id)
                 frame = batch.encoded[key] = \
                     text_frame(html + self.fragments.seq(seq).encode()) if html else b""
             self.write(frame, len(batch))
         elif live:
-            html = b"".join(self._fragments(batch) for batch in live)
+            html = b"".join(self._fragments(batch, sub_id) for sub_id, batch in live)
             if html:
                 self.write(text_frame(html + self.fragments.seq(seq).encode()),
-                           sum(len(batch) for batch in live))
+                           sum(len(batch) for _, batch in live))
 
     def control(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -144,24 +155,31 @@ class LiveConnection(Session):
     # ---- client → server -------------------------------------------------------------------
 
     async def _handle(self, raw: str) -> None:
-        """The admin's status filter arrives here (htmx ``ws-send`` of the filter form)."""
+        """A page's filters arrive here (htmx ``ws-send`` of a filter form): the admin's
+        order status, or a product search (``q``, ``category``) on the portal's grid and
+        the admin's inventory."""
         try:
             if len(raw) > MAX_CLIENT_MESSAGE:
                 raise ValueError(f"messages are limited to {MAX_CLIENT_MESSAGE} bytes")
             message = json.loads(raw)
-            if not isinstance(message, dict) or "status" not in message \
-                    or "orders" not in self.subs or self.view.name != "admin":
-                raise ValueError("this page accepts only a status filter")
-            status = status_filter(str(message["status"]))
+            if not isinstance(message, dict):
+                raise ValueError("expected a JSON object")
+            if "status" in message and self.view.name == "admin":
+                self.view.params["status"] = status_filter(str(message["status"])) or ""
+                sub_id = "orders"
+            elif ("q" in message or "category" in message) and self.view.name != "dashboard":
+                self.view.params.update(search_params(message.get("q"), message.get("category")))
+                sub_id = "products" if self.view.name == "portal" else "inventory"
+            else:
+                raise ValueError("this page accepts only its filters")
         except (ValueError, RecursionError) as exc:
             self.subscriber.send_control({"type": "toast", "kind": "error",
                                           "message": f"Not understood: {exc}"})
             return
-        self.view.params["status"] = status or ""
-        self.subscriber.unsubscribe("orders")
-        replacement = next(s for s in self.view.subscriptions() if s.id == "orders")
+        self.subscriber.unsubscribe(sub_id)
+        replacement = next(s for s in self.view.subscriptions() if s.id == sub_id)
         self._subscribe(replacement, None)
-        self.subscriber.send_control({"type": "reload", "collection": "orders"})
+        self.subscriber.send_control({"type": "reload", "id": sub_id})
         self._caught_up()
 
     # ---- server → client -------------------------------------------------------------------
@@ -183,7 +201,7 @@ class LiveConnection(Session):
                 if message.get("type") == "resync":
                     parts.extend(await self._resync(str(message["id"])))
                 else:
-                    parts.extend(await self.view.reload(str(message["collection"])))
+                    parts.extend(await self.view.reload(str(message["id"])))
             outlet.release(text_frame("".join(parts).encode()) if parts else b"")
             for _ in messages[1:]:
                 outlet.release(b"")
@@ -232,7 +250,7 @@ class LiveConnection(Session):
         logger.info("page %s resyncs %s", self.view.name, sub.collection)
         self._subscribe(sub, None)
         self._caught_up()
-        return await self.view.reload(sub.collection)
+        return await self.view.reload(sub.id)
 
     async def _dashboard_loop(self) -> None:
         """KPIs when the analytics change (at most 5/s), the system panel every second."""
@@ -316,7 +334,9 @@ async def live_endpoint(websocket: WebSocket) -> None:
     state = app_state(websocket)
     try:
         resume_from = _resume_from(websocket)
-        params = {"status": status_filter(websocket.query_params.get("status")) or ""}
+        query = websocket.query_params
+        params = {"status": status_filter(query.get("status")) or "",
+                  **search_params(query.get("q"), query.get("category"))}
     except ValueError as exc:
         await websocket.close(code=1003, reason=str(exc)[:120])
         return

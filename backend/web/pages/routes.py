@@ -35,7 +35,7 @@ from backend.web.http.errors import CLIENT_ERRORS, ApiError, error_page, headers
 from backend.web.http.security import is_loopback
 from backend.web.pages.fragments import STATUS_LABELS
 from backend.web.pages.templates import make_fragments
-from backend.web.pages.views import VIEWS, AdminView, status_filter
+from backend.web.pages.views import VIEWS, AdminView, search_params, status_filter
 from backend.web.state import app_state
 from streaming import Document
 
@@ -124,9 +124,11 @@ def page(view_name: str) -> Callable[[Request], Awaitable[Response]]:
             return error_page(request.scope, 403, "this page is for administrators; you are "
                               f"signed in as {user.name}, a customer.")
         seq = state.engine.seq  # before the snapshot: the socket resumes from here
-        view = view_cls(state, user, make_fragments(state),
-                        {"status": request.query_params.get("status", "")})
+        query = request.query_params
         try:
+            view = view_cls(state, user, make_fragments(state),
+                            {"status": query.get("status", ""),
+                             **search_params(query.get("q"), query.get("category"))})
             context = await view.context()
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from backend.domain.analytics import trend
+from backend.domain.analytics import hourly_trend, trend
 from backend.domain.orders import STATUSES
 from backend.domain.users import User
 from backend.web.pages.fragments import REPLACE, Fragments, dom_id, stock_level
@@ -33,6 +33,38 @@ class Sub:
     collection: str
     where: Filter | None = None
     restriction: dict[str, Any] | None = None
+
+
+SEARCH_WORDS = 5
+SEARCH_CHARS = 60
+
+
+def search_params(q: Any, category: Any) -> dict[str, str]:
+    """A product search as the page asked for it (``q``: words, ``category``: one exact
+    category, both optional), bounded; ValueError when not strings."""
+    if not isinstance(q or "", str) or not isinstance(category or "", str):
+        raise ValueError("q and category must be strings")
+    return {"q": " ".join(str(q or "").split()[:SEARCH_WORDS])[:SEARCH_CHARS],
+            "category": str(category or "").strip()[:SEARCH_CHARS]}
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def product_filter(params: dict[str, str]) -> Filter | None:
+    """The engine filter of a product search: every word in the name, SKU or category
+    (``LIKE``, any case), and the category; None when the search is empty. Cards then
+    enter and leave the page live as names, categories or searches change."""
+    parts = []
+    for word in params.get("q", "").split():
+        word = word.replace("%", "").replace("_", "")
+        if word:
+            like = _quoted(f"%{word}%")
+            parts.append(f"(name LIKE {like} OR _id LIKE {like} OR category LIKE {like})")
+    if params.get("category"):
+        parts.append(f"category = {_quoted(params['category'])}")
+    return compile_filter(" AND ".join(parts)) if parts else None
 
 
 def product_sort_key(product: Document) -> tuple[str, str, str]:
@@ -81,19 +113,33 @@ class View:
         return {}
 
     def render(self, delivery: Delivery) -> list[str]:
-        """Out-of-band swaps for one change delivery."""
+        """Out-of-band swaps for one change delivery (``delivery.sub_id`` says for which of
+        the page's subscriptions)."""
         return []
 
-    async def reload(self, collection: str) -> list[str]:
-        """Fresh fragments for everything on the page that shows ``collection``."""
+    async def reload(self, sub_id: str) -> list[str]:
+        """Fresh fragments for everything on the page that subscription ``sub_id`` shows."""
         return []
 
-    async def products(self) -> list[Document]:
+    @property
+    def search(self) -> Filter | None:
+        return product_filter(self.params)
+
+    async def products(self, where: Filter | None = None) -> list[Document]:
         docs = self.engine.documents("products")
         if docs is None:
             docs = await self.db.products.find(
-                {}, self.engine.hidden_projection("products")).to_list()
+                where.mongo if where else {}, self.engine.hidden_projection("products")).to_list()
+        elif where is not None:
+            docs = [doc for doc in docs if where.matches(doc)]
         return sorted(docs, key=product_sort_key)
+
+    async def categories(self) -> list[str]:
+        return sorted({str(p.get("category")) for p in await self.products() if p.get("category")})
+
+    async def search_context(self) -> dict[str, Any]:
+        return {"q": self.params.get("q", ""), "category": self.params.get("category", ""),
+                "categories": await self.categories()}
 
 
 class PortalView(View):
@@ -104,7 +150,8 @@ class PortalView(View):
 
     def subscriptions(self) -> list[Sub]:
         own = {"user_id": self.user.id}
-        return [Sub("products", "products"), Sub("orders", "orders", restriction=own),
+        return [Sub("products", "products", where=self.search),
+                Sub("orders", "orders", restriction=own),
                 Sub("notifications", "notifications", restriction=own)]
 
     async def my_orders(self) -> list[Document]:
@@ -116,8 +163,8 @@ class PortalView(View):
             .sort([("created_at", -1), ("_id", 1)]).limit(NOTES).to_list()
 
     async def context(self) -> dict[str, Any]:
-        return {"products": await self.products(), "orders": await self.my_orders(),
-                "notes": await self.notes()}
+        return {"products": await self.products(self.search), "orders": await self.my_orders(),
+                "notes": await self.notes(), **await self.search_context()}
 
     def render(self, delivery: Delivery) -> list[str]:
         event, op, f = delivery.event, delivery.op, self.fragments
@@ -127,7 +174,7 @@ class PortalView(View):
         if event.collection == "products":
             if op in ("delete", "leave") or doc is None:
                 return [f.deleted(dom_id("product", event.key))]
-            if op == "insert":
+            if op in ("insert", "enter"):  # new, or now matching the search
                 return [f.product_card(doc, {"upsert": "beforeend:#product-grid"})]
             return [f.product_live(doc)]
         if event.collection == "orders":
@@ -146,13 +193,14 @@ class PortalView(View):
             return parts
         return []
 
-    async def reload(self, collection: str) -> list[str]:
+    async def reload(self, sub_id: str) -> list[str]:
         f = self.fragments
-        if collection == "products":
-            return [f.render("_product_grid.html", {"oob": "true"}, products=await self.products())]
-        if collection == "orders":
+        if sub_id == "products":
+            return [f.render("_product_grid.html", {"oob": "true"},
+                             products=await self.products(self.search))]
+        if sub_id == "orders":
             return [f.render("_my_orders.html", {"oob": "true"}, orders=await self.my_orders())]
-        if collection == "notifications":
+        if sub_id == "notifications":
             return [f.render("_notifications.html", {"oob": "true"}, notes=await self.notes())]
         return []
 
@@ -171,7 +219,10 @@ class AdminView(View):
     def subscriptions(self) -> list[Sub]:
         status = self.status
         where = compile_filter(f"status = '{status}'") if status else None
+        # Two on products: every product for the low-stock alerts, the searched ones for
+        # the inventory table (one group, so one delivery, while the search is empty).
         return [Sub("orders", "orders", where=where), Sub("products", "products"),
+                Sub("inventory", "products", where=self.search),
                 Sub("notifications", "notifications", restriction={"user_id": self.user.id})]
 
     async def orders(self, after: Document | None = None) -> list[Document]:
@@ -193,8 +244,9 @@ class AdminView(View):
     async def context(self) -> dict[str, Any]:
         products = await self.products()
         return {"orders": await self.orders(), "total": await self.total(),
-                "products": products, "alerts": low_stock(products),
-                "status": self.status or "", "statuses": STATUSES}
+                "products": await self.products(self.search), "alerts": low_stock(products),
+                "status": self.status or "", "statuses": STATUSES,
+                **await self.search_context()}
 
     def render(self, delivery: Delivery) -> list[str]:
         event, op, f = delivery.event, delivery.op, self.fragments
@@ -207,29 +259,34 @@ class AdminView(View):
             if op in ("insert", "enter"):
                 return [f.order_row(doc, {"upsert": "afterbegin:#orders-body"})]
             return [f.order_row(doc, REPLACE)]
-        if event.collection == "products":
+        if delivery.sub_id == "products":  # the alerts
             if op in ("delete", "leave") or doc is None:
-                return [f.deleted(dom_id("inv", event.key)), f.deleted(dom_id("alert", event.key))]
-            if op == "insert":
-                return [f.inventory_row(doc, {"upsert": "beforeend:#inventory-body"}), f.alert(doc)]
-            return [f.inventory_live(doc), f.alert(doc)]
+                return [f.deleted(dom_id("alert", event.key))]
+            return [f.alert(doc)]
+        if delivery.sub_id == "inventory":
+            if op in ("delete", "leave") or doc is None:
+                return [f.deleted(dom_id("inv", event.key))]
+            if op in ("insert", "enter"):
+                return [f.inventory_row(doc, {"upsert": "beforeend:#inventory-body"})]
+            return [f.inventory_live(doc)]
         if event.collection == "notifications" and op in ("insert", "enter") and doc is not None:
             kind = "warning" if doc.get("kind") in ("low_stock", "sold_out") else "info"
             return [f.toast(str(doc.get("message", "")), kind)]
         return []
 
-    async def reload(self, collection: str) -> list[str]:
+    async def reload(self, sub_id: str) -> list[str]:
         f = self.fragments
-        if collection == "orders":
+        if sub_id == "orders":
             orders, total = await self.orders(), await self.total()
             return [f.render("_orders_body.html", {"oob": "true"}, orders=orders),
                     f.render("_orders_count.html", {"oob": "true"}, shown=len(orders),
                              total=total)]
-        if collection == "products":
-            products = await self.products()
-            return [f.render("_inventory_body.html", {"oob": "true"}, products=products),
-                    f.render("_alerts.html", {"oob": "true"},
-                             alerts=low_stock(products))]
+        if sub_id == "products":
+            return [f.render("_alerts.html", {"oob": "true"},
+                             alerts=low_stock(await self.products()))]
+        if sub_id == "inventory":
+            return [f.render("_inventory_body.html", {"oob": "true"},
+                             products=await self.products(self.search))]
         return []
 
 
@@ -246,6 +303,7 @@ class DashboardView(View):
             product = self.engine.peek("products", row["product_id"]) or {}
             row["name"] = product.get("name", row["product_id"])
         figures["trend"] = trend(figures["orders_per_minute"])
+        figures["trend_hours"] = hourly_trend(figures["orders_per_hour"])
         return figures
 
     async def context(self) -> dict[str, Any]:
