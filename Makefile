@@ -13,8 +13,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/changecast serve
+# `make run` needs only the runtime (no test tools): one line while it installs, the
+# installer's own output in .venv/install.log (shown if it fails).
+RUN_STAMP := $(VENV)/.runtime-stamp
+
+$(RUN_STAMP): pyproject.toml
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then touch $@; exit 0; fi; \
+	echo "Installing ChangeCast and what it needs into $(VENV) (first run only)..."; \
+	{ $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet --upgrade pip && \
+	  $(BIN)/pip install --quiet -e .; } > install.log.tmp 2>&1; status=$$?; \
+	mkdir -p $(VENV); mv install.log.tmp $(VENV)/install.log; \
+	if [ $$status -ne 0 ]; then tail -25 $(VENV)/install.log; \
+	  echo "make run: installing failed (the whole log: $(VENV)/install.log)" >&2; exit 1; fi; \
+	touch $@
+
+run: $(RUN_STAMP)
+	@$(BIN)/changecast serve
 
 # Chromium comes from Debian's packages (Playwright's own download cannot work here).
 chromium:

@@ -13,12 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import uvicorn
 
-from backend.infra.database import DatabaseError, open_database
+from backend.infra.database import Database, DatabaseError, open_database
 from backend.infra.logs import configure_logging
 from backend.infra.progress import ProgressBar
 from backend.infra.settings import DEFAULT_ADMIN_PASSWORD, DEFAULT_DEMO_PASSWORD, Settings, SettingsError
@@ -118,20 +118,59 @@ def check_port_free(host: str, port: int) -> None:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+class AnnouncingServer(uvicorn.Server):
+    """uvicorn's server, saying so once the port accepts (the app has started by then)."""
+
+    def __init__(self, config: uvicorn.Config, ready: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._ready = ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._ready is not None:
+            self._ready()
+
+
+def human_output(settings: Settings) -> bool:
+    """A banner and short log lines for a person at a terminal; JSON lines otherwise."""
+    if settings.log_format != "auto":
+        return settings.log_format == "text"
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def announce(settings: Settings, database: Database, *, workers: int = 1) -> None:
+    """Where to go and how to sign in: a banner on a terminal, one JSON log line otherwise."""
+    url = f"http://{settings.host}:{settings.port}"
+    admin = "admin@example.com" + (f" / {DEFAULT_ADMIN_PASSWORD}"
+                                   if settings.admin_password == DEFAULT_ADMIN_PASSWORD else "")
+    customers = "customer01@example.com … customer25@example.com" + (
+        f" / {DEFAULT_DEMO_PASSWORD}" if settings.demo_password == DEFAULT_DEMO_PASSWORD else "")
+    where = (f"embedded database (NX-27017) in {settings.data_dir.resolve()}"
+             if database.embedded is not None else f"{database.kind} database {settings.db_name}")
+    if not human_output(settings):
+        logger.info("serving on %s", url, extra={
+            "url": url, "workers": workers, "database": where,
+            **({"demo_admin": admin, "demo_customers": customers} if settings.demo else {})})
+        return
+    lines = ["", f"  ChangeCast is running at {url}"
+             + (f" ({workers} workers)" if workers > 1 else "")]
+    if settings.demo:
+        lines += [f"  Admin:     {admin}", f"  Customers: {customers}",
+                  "  (in demo mode the sign-in page also signs you in with one click)"]
+    lines += [f"  Data:      {where}", "  Press Ctrl-C to stop.", ""]
+    print("\n".join(lines), flush=True)
+
+
 async def serve(settings: Settings, *, fd: int | None = None) -> None:
     """Open the database, then run uvicorn until SIGINT or SIGTERM (on the inherited
     listening socket ``fd`` when this is one of ``--workers``)."""
     if fd is None:
         check_port_free(settings.host, settings.port)
     async with open_database(settings) as database:
-        if settings.demo and fd is None:
-            _announce_demo_credentials(settings)
         app = create_app(settings, database=database)
         config = server_config(app, settings, fd=fd)
-        server = uvicorn.Server(config)
-        if fd is None:
-            logger.info("serving on http://%s:%s", settings.host, settings.port)
-        await server.serve()
+        ready = None if fd is not None else lambda: announce(settings, database)
+        await AnnouncingServer(config, ready).serve()
 
 
 async def serve_workers(settings: Settings, workers: int) -> None:
@@ -160,10 +199,7 @@ async def serve_workers(settings: Settings, workers: int) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stopping.set)
         procs = [start() for _ in range(workers)]
-        if settings.demo:
-            _announce_demo_credentials(settings)
-        logger.info("serving on http://%s:%s with %d workers", settings.host, settings.port,
-                    workers)
+        announce(settings, database, workers=workers)
         try:
             while not stopping.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -183,17 +219,6 @@ async def serve_workers(settings: Settings, workers: int) -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             listener.close()
-
-
-def _announce_demo_credentials(settings: Settings) -> None:
-    lines = ["demo mode: sign in as admin@example.com"]
-    if settings.admin_password == DEFAULT_ADMIN_PASSWORD:
-        lines[0] += f" / {DEFAULT_ADMIN_PASSWORD}"
-    customer = "customers: customer01@example.com ... customer25@example.com"
-    if settings.demo_password == DEFAULT_DEMO_PASSWORD:
-        customer += f" / {DEFAULT_DEMO_PASSWORD}"
-    lines.append(customer)
-    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 async def seed(settings: Settings, *, reset: bool, orders: int, seed_number: int) -> None:
@@ -265,17 +290,20 @@ def run_benchmarks(names: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``changecast`` console script."""
     args = build_parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = Settings.from_env()
         if getattr(args, "host", None):
             settings = _replace(settings, host=args.host)
         if getattr(args, "port", None) is not None:
             settings = _replace(settings, port=args.port)
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, "text" if human_output(settings) else "json")
         if args.command == "serve" and args.workers > 1 and args.fd is None:
             asyncio.run(serve_workers(settings, args.workers))
         elif args.command == "serve":
             asyncio.run(serve(settings, fd=args.fd))
+            if args.fd is None:
+                _stopped(settings)
         elif args.command == "seed":
             asyncio.run(seed(settings, reset=args.reset, orders=args.orders,
                              seed_number=args.seed))
@@ -287,8 +315,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"changecast: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        if args.command == "serve":  # Ctrl-C is how a server is stopped: not a failure
+            if settings is not None and args.fd is None:
+                _stopped(settings)
+            return 0
         return 130
     return 0
+
+
+def _stopped(settings: Settings) -> None:
+    if human_output(settings):
+        print("ChangeCast stopped.", flush=True)
+    else:
+        logger.info("ChangeCast stopped")
 
 
 def _replace(settings: Settings, **changes: object) -> Settings:

@@ -360,7 +360,7 @@ class CollectionWatcher:
                     # opened it closes, which the driver's pool may do at any time) and the
                     # driver gives up silently: reopen from our token, nothing is lost.
                     self.cursor_ends += 1
-                    logger.info("change stream on %s ended by the server; resuming", self.name)
+                    logger.debug("change stream on %s ended by the server; resuming", self.name)
                     return
                 self.last_batch, batch = batch, 0
                 if self._nx is not None:

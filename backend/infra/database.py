@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReadPreference, WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
@@ -70,7 +71,7 @@ def hosts_of(uri: str) -> str:
     rest = rest.rsplit("@", 1)[-1]
     for stop in "/?":
         rest = rest.split(stop, 1)[0]
-    return rest or uri
+    return unquote(rest) or uri  # a socket path reads as a path
 
 
 def make_client(uri: str, *, selection_timeout_ms: int = 5_000) -> AsyncMongoClient[Document]:

@@ -37,6 +37,8 @@ class Settings:
     demo_password: str | None = DEFAULT_DEMO_PASSWORD
     secret_key: str = ""
     log_level: str = "INFO"
+    # "auto": human lines and a banner on a terminal, JSON lines otherwise.
+    log_format: str = "auto"
     cache_size: int = 10_000
     pipeline_enabled: bool = True
     payment_success_rate: float = 0.9
@@ -106,6 +108,8 @@ class Settings:
             demo_password=demo_password,
             secret_key=_text(env, "CHANGECAST_SECRET_KEY") or _stored_secret(data_dir),
             log_level=_choice(env, "CHANGECAST_LOG_LEVEL", "INFO", _LEVELS),
+            log_format=_choice(env, "CHANGECAST_LOG_FORMAT", "AUTO",
+                               ("AUTO", "JSON", "TEXT")).lower(),
             cache_size=_int(env, "CHANGECAST_CACHE_SIZE", 10_000, low=1, high=10_000_000),
             pipeline_enabled=_flag(env, "CHANGECAST_PIPELINE", default=True),
             payment_success_rate=_float(env, "CHANGECAST_PAYMENT_SUCCESS_RATE", 0.9, 0.0, 1.0),

@@ -23,6 +23,9 @@ from backend.pipeline.context import AUTOMATIC, Work
 from backend.pipeline.payments import Payments
 from streaming import BreakerOpenError, Document
 
+# Where the pipeline leaves an order (to an admin, or for good).
+FINISHED = frozenset({"processing", "rejected", "payment_failed"})
+
 logger = logging.getLogger("changecast.pipeline")
 
 
@@ -113,9 +116,11 @@ class Dispatcher:
             return None
         self.work.counters.transitions += 1
         self.work.engine.nudge("orders")
-        logger.info("order %s: %s -> %s", order["_id"], order["status"], target,
-                    extra={"correlation_id": order.get("correlation_id"),
-                           "order_id": order["_id"], "stage": target})
+        # One INFO line per order, when the pipeline is done with it; each step at DEBUG.
+        logger.log(logging.INFO if target in FINISHED else logging.DEBUG,
+                   "order %s: %s -> %s", order["_id"], order["status"], target,
+                   extra={"correlation_id": order.get("correlation_id"),
+                          "order_id": order["_id"], "stage": target})
         return updated
 
     async def reserve(self, order: Document) -> Document | None:

@@ -33,7 +33,7 @@ class Payments:
         """Ask the bank; returns the ``payment`` the order's next transition records."""
         started = time.perf_counter()
         result = await self.gateway.charge(int(order["total_cents"]))
-        logger.info("payment %s in %.0f ms", "captured" if result.ok else "declined",
+        logger.debug("payment %s in %.0f ms", "captured" if result.ok else "declined",
                     result.duration_ms, extra={"correlation_id": order.get("correlation_id"),
                                                "order_id": order["_id"], "stage": "payment"})
         self.work.stages.record("payment", started)

@@ -99,9 +99,15 @@ def test_serve_health_ok_then_ctrl_c_leaves_no_process(serving: Serving) -> None
     assert body["database"]["kind"] == "embedded"
     nx_pid = serving.nx_pid()
     serving.proc.send_signal(signal.SIGINT)
-    assert serving.proc.wait(20) in (0, 130)  # 130: the conventional Ctrl-C status
+    assert serving.proc.wait(20) == 0  # Ctrl-C is how a server is stopped, not a failure
     assert serving.proc.stdout is not None
-    assert "Application shutdown complete" in serving.proc.stdout.read()
+    lines = [json.loads(line) for line in serving.proc.stdout.read().splitlines()]
+    # Not a terminal: JSON lines, the banner's facts among them, no traceback.
+    [ready] = [line for line in lines if line["message"].startswith("serving on http://")]
+    assert ready["demo_admin"].startswith("admin@example.com") and "embedded" in ready["database"]
+    assert lines[-1]["message"] == "ChangeCast stopped"
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    assert access and access[0]["path"] == "/api/health" and access[0]["status"] == 200
     wait_until(lambda: not alive(nx_pid), 10, "the embedded database to exit")
 
 
@@ -238,3 +244,40 @@ def test_cli_seed_is_idempotent_and_resettable(nx_uri: str, db_name: str, clean_
     assert reset.returncode == 0 and "10 orders" in reset.stdout
     negative = run_cli(["seed", "--orders", "-1"], env)
     assert negative.returncode == 2 and "expected 0 or more" in negative.stderr
+
+
+def test_serve_for_a_person_prints_a_short_banner_once_the_port_answers(
+    clean_env: dict[str, str],
+) -> None:
+    port = free_port()
+    env = {**clean_env, "CHANGECAST_PORT": str(port), "CHANGECAST_LOG_FORMAT": "text"}
+    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    before: list[str] = []
+    try:
+        for line in proc.stdout:
+            if "ChangeCast is running at" in line:
+                break
+            before.append(line)
+        else:
+            raise AssertionError(f"no banner: {before}")
+        # The banner comes once the port answers, not before.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as reply:
+            assert reply.status == 200
+        assert f"http://127.0.0.1:{port}" in line
+        assert len(before) <= 15, before
+        assert not any(line.lstrip().startswith("{") for line in before)  # no JSON for a person
+        banner = [next(proc.stdout) for _ in range(5)]
+        assert any("Admin:" in b and "admin@example.com" in b for b in banner), banner
+        assert any("Data:" in b and "embedded database" in b for b in banner), banner
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stdout.read()
+        assert proc.wait(20) == 0
+        assert rest.rstrip().endswith("ChangeCast stopped.") and "Traceback" not in rest
+    finally:
+        for pid in children_of(proc.pid):
+            kill_quietly(pid, signal.SIGKILL)
+        kill_quietly(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc.stdout.close()
