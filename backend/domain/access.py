@@ -9,6 +9,7 @@ from streaming import Document
 
 # Customers see only their own documents of these collections.
 OWNED = frozenset({"orders", "notifications"})
+ADMIN_ONLY = frozenset({"users", "presence"})  # who has the console open is the staff's business
 Restriction = dict[str, str]
 
 
@@ -29,13 +30,13 @@ def require_admin(user: User | None) -> User:
 
 def subscription_rule(user: User | None, collection: str) -> tuple[bool, Restriction | None]:
     """(allowed, restriction) for ``user`` subscribing to ``collection``: anonymous clients
-    see products only, customers never see users and only their own orders and
-    notifications, admins see everything."""
+    see products only, customers never see users nor presence and only their own orders
+    and notifications, admins see everything."""
     if user is None:
         return collection == "products", None
     if user.is_admin:
         return True, None
-    if collection == "users":
+    if collection in ADMIN_ONLY:
         return False, None
     if collection in OWNED:
         return True, {"user_id": user.id}

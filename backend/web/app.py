@@ -30,12 +30,13 @@ from backend.web.http.openapi import openapi
 from backend.web.http.security import GuardMiddleware
 from backend.web.live.json_socket import websocket_endpoint
 from backend.web.live.page_socket import live_endpoint
+from backend.web.live.presence import Presence
 from backend.web.live.session import end_revoked_sessions
 from backend.web.pages import routes as pages
 from backend.web.pages.templates import STATIC_DIR, make_templates
 from backend.web.state import STATE_KEY, AppState
 from seed.loader import is_seeded, seed_database
-from streaming import ChangeEngine, MongoCheckpoints
+from streaming import DEFAULT_COLLECTIONS, ChangeEngine, MongoCheckpoints
 
 GC_THRESHOLDS = (7_000, 20, 100)  # CPython's defaults: 700, 10, 10
 
@@ -47,10 +48,15 @@ logger = logging.getLogger("changecast.app")
 HIDDEN_FIELDS = {"users": ("password_hash",), "orders": order_ops.INTERNAL, **stock.HIDDEN}
 
 
+# Watched: the engine's defaults and who has the admin console open.
+COLLECTIONS = (*DEFAULT_COLLECTIONS, "presence")
+
+
 def build_engine(database: Database, settings: Settings) -> ChangeEngine:
     """One change stream per watched collection; polling on the embedded server."""
     return ChangeEngine(
-        database.db, mode="poll" if database.kind == "embedded" else "await",
+        database.db, collections=COLLECTIONS,
+        mode="poll" if database.kind == "embedded" else "await",
         cache_size=settings.cache_size, hidden=HIDDEN_FIELDS,
         full_document="whenAvailable" if database.features.post_images else "updateLookup",
         checkpoints=MongoCheckpoints(database.db.stream_checkpoints,
@@ -143,6 +149,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
                 db.embedded.on_restart(lambda: engine.reset("the embedded database restarted"))
             await engine.prime("products")
             await engine.prime("users")
+            await engine.prime("presence")
             analytics = LiveAnalytics(engine, db.db)
             await analytics.start()
             stack.callback(analytics.stop)
@@ -165,9 +172,13 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
             reachability = Reachability(db)
             await reachability.start()
             stack.push_async_callback(reachability.stop)
+            presence = Presence(db.db)
+            await presence.start()
+            stack.push_async_callback(presence.stop)
             state = AppState(settings=settings, database=db, engine=engine,
                              analytics=analytics, pipeline=pipeline, templates=make_templates(),
-                             passwords=passwords, history=history, reachability=reachability)
+                             passwords=passwords, history=history, reachability=reachability,
+                             presence=presence)
             stack.callback(engine.listen(end_revoked_sessions(state)))
             # The cyclic collector's full collections stop the event loop for as long as
             # they walk every object (measured: 70-110 ms with 1,000 sockets open: the

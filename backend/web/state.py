@@ -26,6 +26,7 @@ from backend.pipeline import Pipeline
 from streaming import ChangeEngine, Document
 
 if TYPE_CHECKING:
+    from backend.web.live.presence import Presence
     from backend.web.live.session import Session
 
 STATE_KEY = "app"
@@ -43,6 +44,7 @@ class AppState:
     templates: Jinja2Templates
     history: HistoryMonitor
     reachability: Reachability
+    presence: Presence
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     demo_limiter: DemoLimiter = field(default_factory=DemoLimiter)
     passwords: PasswordPool = field(default_factory=PasswordPool)

@@ -31,6 +31,13 @@
       if (q) target.searchParams.set('q', q)
       if (category) target.searchParams.set('category', category)
     }
+    // One id per tab: a tab that reconnects is the same presence, not a second one.
+    var tab = sessionStorage.getItem('ccTab')
+    if (!tab) {
+      tab = Math.random().toString(36).slice(2, 12) + Date.now().toString(36)
+      sessionStorage.setItem('ccTab', tab)
+    }
+    target.searchParams.set('tab', tab)
     var socket = new WebSocket(target.toString())
     socket.binaryType = htmx.config.wsBinaryType
     watch(socket)
@@ -93,10 +100,36 @@
     if (!navigator.onLine) setConnection('offline', 'Offline')
     else if (everOpen) setConnection('reconnecting', 'Reconnecting…')
   })
-  document.addEventListener('htmx:wsOpen', function () {
+  var liveSocket = null
+  document.addEventListener('htmx:wsOpen', function (evt) {
     everOpen = true
+    liveSocket = evt.detail.socketWrapper
     showLive()
+    tellViewing(true) // after a reconnect too: the server forgot with the old socket
   })
+
+  // ---- presence: which order this console shows, and who else is here ---------------------------
+  var told // the order this console last said it shows
+  function tellViewing (force) {
+    if (!liveSocket || document.body.dataset.view !== 'admin') return
+    var detail = document.querySelector('#order-detail[data-order-id]')
+    var viewing = detail ? detail.dataset.orderId : null
+    if (viewing === told && !force) return
+    told = viewing
+    liveSocket.send(JSON.stringify({ viewing: viewing }))
+  }
+  document.addEventListener('htmx:afterSettle', function () { tellViewing(false) })
+
+  function markMe () {
+    var me = document.body.dataset.userId
+    document.querySelectorAll('.person[data-user-id]').forEach(function (el) {
+      var mine = el.dataset.userId === me
+      if (el.closest('.presence-viewers')) el.hidden = mine // "who else"
+      else el.classList.toggle('me', mine)
+    })
+  }
+  document.addEventListener('DOMContentLoaded', markMe)
+  document.addEventListener('htmx:afterSettle', markMe)
   // The browser knows first when the network is gone: say so at once, not after three
   // missed heartbeats (the socket, if it survives, goes on delivering meanwhile).
   window.addEventListener('offline', function () { setConnection('offline', 'Offline') })
@@ -225,6 +258,7 @@
 
   document.addEventListener('htmx:wsAfterMessage', function () {
     flashChanged()
+    markMe()
     if (databaseDown()) applyDatabase() // controls that just arrived are paused too
     if (pendingRefresh && document.body.contains(pendingRefresh)) {
       htmx.trigger(pendingRefresh, 'cc:refresh')

@@ -12,14 +12,15 @@ ALICE = User("user-customer01", "customer01@example.com", "Alice", "customer")
 
 def test_access_subscription_rules_per_role_and_collection() -> None:
     assert access.subscription_rule(None, "products") == (True, None)
-    for collection in ("orders", "notifications", "users"):
+    for collection in ("orders", "notifications", "users", "presence"):
         assert access.subscription_rule(None, collection)[0] is False
     own = {"user_id": "user-customer01"}
     assert access.subscription_rule(ALICE, "orders") == (True, own)
     assert access.subscription_rule(ALICE, "notifications") == (True, own)
     assert access.subscription_rule(ALICE, "users") == (False, None)
+    assert access.subscription_rule(ALICE, "presence") == (False, None)  # staff only
     assert access.subscription_rule(ALICE, "products") == (True, None)
-    for collection in ("orders", "notifications", "users", "products"):
+    for collection in ("orders", "notifications", "users", "products", "presence"):
         assert access.subscription_rule(ADMIN, collection) == (True, None)
 
 

@@ -22,6 +22,10 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 GUARDED_PREFIXES = ("/api/", "/ui/")  # JSON API and the pages' htmx actions
 # The pages too: with the database down they answer within a second (a styled 503).
 GUARDED_PAGES = {"/", "/admin", "/dashboard", "/login", "/login/demo", "/logout"}
+# A page is bigger than an API call and is loaded while a browser renders others: more
+# time, while the database answers; none at all once it is known not to (a styled 503
+# at once, see ``Reachability``).
+PAGE_DEADLINE_S, PAGE_HARD_CAP_S = 2.0, 2.5
 UNGUARDED = {"/api/health", "/api/metrics"}  # must answer while the database is down
 MAX_BODY = 64 * 1024  # any request body, read before the app sees it
 # Scripts, styles, images and sockets from this origin only: the front-end assets are
@@ -129,8 +133,10 @@ class GuardMiddleware:
                 return
             receive = _replay(body, receive)
         path = scope["path"]
-        if (path.startswith(GUARDED_PREFIXES) and path not in UNGUARDED) \
-                or path in GUARDED_PAGES:
+        if path in GUARDED_PAGES:
+            await self._guarded(scope, receive, send, page=True)
+            return
+        if path.startswith(GUARDED_PREFIXES) and path not in UNGUARDED:
             await self._guarded(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -168,11 +174,17 @@ class GuardMiddleware:
             return None
         return b"".join(chunks)
 
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Fail fast while the circuit is open; one database deadline otherwise. Only the
-        database's own errors move the breaker (see errors.database_error)."""
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, *,
+                       page: bool = False) -> None:
+        """Fail fast while the circuit is open (and, for a page, while the database is known
+        not to answer); one database deadline otherwise. Only the database's own errors
+        move the breaker (see errors.database_error)."""
         state: AppState | None = scope.get("state", {}).get(STATE_KEY)
         engine = state.engine if state is not None else None
+        if page and state is not None and not state.reachability.reachable:
+            await unavailable_response(2.0, "the database does not answer right now",
+                                       scope=scope)(scope, receive, send)
+            return
         if engine is not None:
             try:
                 engine.admit()
@@ -188,7 +200,10 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            async with database_deadline():
+            deadline = database_deadline(deadline_s=PAGE_DEADLINE_S,
+                                         hard_cap_s=PAGE_HARD_CAP_S) if page \
+                else database_deadline()
+            async with deadline:
                 await self.app(scope, receive, watch_status)
         except TimeoutError:
             if status:  # the response had started; nothing more can be said

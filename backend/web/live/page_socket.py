@@ -137,6 +137,7 @@ class LiveConnection(Session):
         self.fragments = view.fragments
         self.outlet = outlet
         self.subs: dict[str, Sub] = {}
+        self.presence: tuple[str, str] | None = None  # (document, connection) on the console
 
     def subscribe_all(self, resume_from: int | None) -> None:
         for sub in self.view.subscriptions():
@@ -164,6 +165,12 @@ class LiveConnection(Session):
             message = json.loads(raw)
             if not isinstance(message, dict):
                 raise ValueError("expected a JSON object")
+            if "viewing" in message and self.presence is not None:
+                viewing = message["viewing"]
+                if viewing is not None and (not isinstance(viewing, str) or len(viewing) > 64):
+                    raise ValueError("viewing must be an order id or null")
+                await self.state.presence.look_at(*self.presence, viewing)
+                return
             if "status" in message and self.view.name == "admin":
                 self.view.params["status"] = status_filter(str(message["status"])) or ""
                 sub_id = "orders"
@@ -348,7 +355,11 @@ async def live_endpoint(websocket: WebSocket) -> None:
     connection = LiveConnection(websocket, view, subscriber, outlet)
     connection.subscribe_all(resume_from)
     state.connections.add(connection)
+    if view.name == "admin":  # the console says who else has it open
+        connection.presence = await state.presence.join(user, websocket.query_params.get("tab"))
     try:
         await connection.run()
     finally:
         state.connections.discard(connection)
+        if connection.presence is not None:
+            await state.presence.leave(*connection.presence)

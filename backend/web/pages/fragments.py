@@ -141,6 +141,10 @@ class Fragments:
     def seq(self, seq: int) -> str:
         return f'<span id="cc-seq" hx-swap-oob="true" data-seq="{int(seq)}" hidden></span>'
 
+    def viewers(self, order_id: str, people: list[Document]) -> str:
+        """Who is looking at an order's detail (the page hides its own admin)."""
+        return self.render("_viewers.html", REPLACE, order_id=order_id, viewers=people)
+
     def database(self, reachable: bool) -> str:
         """Whether the database answers: the page shows its last known data meanwhile."""
         state = "up" if reachable else "down"
@@ -174,8 +178,10 @@ class Fragments:
     def my_order(self, order: Document, swap: dict[str, Any] | None = None) -> str:
         return self.render("_my_order.html", swap, order=order)
 
-    def order_detail(self, order: Document, audit: Iterable[Document]) -> str:
-        return self.render("_order_detail.html", None, order=order, audit=list(audit))
+    def order_detail(self, order: Document, audit: Iterable[Document],
+                     viewers: list[Document] | None = None) -> str:
+        return self.render("_order_detail.html", None, order=order, audit=list(audit),
+                           viewers=viewers or [])
 
     # ---- notifications ---------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from backend.web.http.auth import (
 )
 from backend.web.http.errors import CLIENT_ERRORS, ApiError, error_page, headers_of, status_of
 from backend.web.http.security import is_loopback
+from backend.web.live.presence import viewers
 from backend.web.pages.fragments import STATUS_LABELS
 from backend.web.pages.templates import make_fragments
 from backend.web.pages.views import VIEWS, AdminView, search_params, status_filter
@@ -381,7 +382,8 @@ async def order_detail(request: Request) -> Response:
         return toast_response(request, exc.message, "error", status_of(exc))
     state = app_state(request)
     audit = await order_audit(state.db, order["_id"])
-    html = make_fragments(state).order_detail(order, audit)
+    watching = viewers(state.engine.documents("presence") or [], str(order["_id"]))
+    html = make_fragments(state).order_detail(order, audit, watching)
     return _html(html, headers={"Cache-Control": "no-store"})
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from backend.domain.analytics import hourly_trend, trend
 from backend.domain.orders import STATUSES
 from backend.domain.users import User
+from backend.web.live.presence import online, viewers
 from backend.web.pages.fragments import REPLACE, Fragments, dom_id, stock_level
 from backend.web.state import AppState
 from streaming import Delivery, Document, Filter, compile_filter
@@ -223,7 +224,11 @@ class AdminView(View):
         # the inventory table (one group, so one delivery, while the search is empty).
         return [Sub("orders", "orders", where=where), Sub("products", "products"),
                 Sub("inventory", "products", where=self.search),
-                Sub("notifications", "notifications", restriction={"user_id": self.user.id})]
+                Sub("notifications", "notifications", restriction={"user_id": self.user.id}),
+                Sub("presence", "presence")]
+
+    def presence(self) -> list[Document]:
+        return self.engine.documents("presence") or []
 
     async def orders(self, after: Document | None = None) -> list[Document]:
         """A page of the table, newest first; ``after`` an order: the ones older than it
@@ -246,7 +251,7 @@ class AdminView(View):
         return {"orders": await self.orders(), "total": await self.total(),
                 "products": await self.products(self.search), "alerts": low_stock(products),
                 "status": self.status or "", "statuses": STATUSES,
-                **await self.search_context()}
+                "online": online(self.presence()), **await self.search_context()}
 
     def render(self, delivery: Delivery) -> list[str]:
         event, op, f = delivery.event, delivery.op, self.fragments
@@ -272,6 +277,16 @@ class AdminView(View):
         if event.collection == "notifications" and op in ("insert", "enter") and doc is not None:
             kind = "warning" if doc.get("kind") in ("low_stock", "sold_out") else "info"
             return [f.toast(str(doc.get("message", "")), kind)]
+        if event.collection == "presence":
+            diff = delivery.changes or event.changes
+            changed = set(diff.set) | set(diff.unset) if diff is not None else None
+            if op == "update" and changed == {"seen_at"}:
+                return []  # still there: nothing a person would notice
+            docs = self.presence()
+            orders = sorted({str(d["order_id"]) for d in (event.doc, event.before)
+                             if d and d.get("order_id")})
+            return [f.render("_presence.html", {"oob": "true"}, online=online(docs)),
+                    *(f.viewers(order_id, viewers(docs, order_id)) for order_id in orders)]
         return []
 
     async def reload(self, sub_id: str) -> list[str]:
@@ -287,6 +302,8 @@ class AdminView(View):
         if sub_id == "inventory":
             return [f.render("_inventory_body.html", {"oob": "true"},
                              products=await self.products(self.search))]
+        if sub_id == "presence":
+            return [f.render("_presence.html", {"oob": "true"}, online=online(self.presence()))]
         return []
 
 
