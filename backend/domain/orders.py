@@ -146,11 +146,12 @@ async def transition(db: AsyncDatabase[Document], engine: ChangeEngine, order_id
         raise NotFound(f"no order {order_id!r}")
     status = current["status"]
     if expected is not None and status != expected:
-        raise Conflict(f"order {order_id} is {status}, expected {expected}")
+        raise Conflict(f"Order {order_id} is {status} now, not {expected}: someone moved it "
+                       "meanwhile.")
     if target not in TRANSITIONS[status]:
-        allowed = ", ".join(sorted(TRANSITIONS[status])) or "nothing (final)"
-        raise Conflict(f"order {order_id} is {status}; it can move to {allowed}, "
-                            f"not {target}")
+        allowed = " or ".join(sorted(TRANSITIONS[status])) or "nothing (it is final)"
+        raise Conflict(f"Order {order_id} is {status}; it can move to {allowed} from here, "
+                       f"not to {target}.")
     # Units of a reserved order go back, exactly once (see backend.domain.stock).
     restocks = target == "cancelled" and status in HOLDS_STOCK
     if restocks:
@@ -160,7 +161,7 @@ async def transition(db: AsyncDatabase[Document], engine: ChangeEngine, order_id
     updated = await apply_transition(db, current, target, actor=actor, extra=extra)
     if updated is None:
         fresh = await db.orders.find_one({"_id": order_id}, {"status": 1}) or {}
-        raise Conflict(f"order {order_id} changed meanwhile; it is {fresh.get('status')}")
+        raise Conflict(f"Order {order_id} changed meanwhile; it is {fresh.get('status')} now.")
     await engine.settle("orders", order_id, updated, timeout=SETTLE_S)
     if restocks:
         await stock.restock(db, engine, updated, wait=True)

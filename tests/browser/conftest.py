@@ -152,9 +152,10 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 async def open_page(browser: Browser, site: Site, email: str, path: str, *,
-                    viewport: dict[str, int] = DESKTOP) -> Page:
+                    viewport: dict[str, int] = DESKTOP, reduced_motion: bool = False) -> Page:
     """A new browser context signed in (one click, demo mode) and showing ``path`` live."""
-    context = await browser.new_context(viewport=viewport)  # type: ignore[arg-type]
+    context = await browser.new_context(  # type: ignore[arg-type]
+        viewport=viewport, reduced_motion="reduce" if reduced_motion else "no-preference")
     site.contexts.append(context)
     page = await context.new_page()
     page.set_default_timeout(10_000)

@@ -311,3 +311,33 @@ async def test_dashboard_charts_orders_per_hour_over_fourteen_days(
     since = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=14 * 24 - 1)
     recent = await site.db.orders.count_documents({"created_at": {"$gte": iso(since)}})
     assert sum(points[1]) == recent > 0  # the seeded history shows, not a flat zero line
+
+
+async def test_changed_values_flash_and_only_outline_with_reduced_motion(
+    site: Site, browser: Browser
+) -> None:
+    moving = await open_page(browser, site, CUSTOMER, "/")
+    still = await open_page(browser, site, "customer06@example.com", "/", reduced_motion=True)
+    product = await in_stock_product(site, minimum=12)
+    live = "#" + dom_id("product", product["_id"]) + " .live"
+    for page in (moving, still):  # note the flashes as they happen (they last 1.7 s)
+        await page.evaluate("""(selector) => {
+            window.__flashes = []
+            new MutationObserver(() => {
+                const el = document.querySelector(selector)
+                if (el && el.classList.contains('cc-flash')) {
+                    const style = getComputedStyle(el)
+                    window.__flashes.push({animation: style.animationName,
+                                           outline: style.outlineStyle})
+                }
+            }).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                       attributeFilter: ['class']})
+        }""", live)
+    await site.db.products.update_one({"_id": product["_id"]}, {"$inc": {"stock": -2}})
+    for page in (moving, still):
+        await expect(page.locator(live + " .stock-count")).to_have_text(
+            str(product["stock"] - 2), timeout=LIVE)
+        await page.wait_for_function("window.__flashes.length > 0")
+    assert (await moving.evaluate("window.__flashes[0]"))["animation"] == "cc-flash"
+    assert await still.evaluate("window.__flashes[0]") == {"animation": "none",
+                                                           "outline": "solid"}
