@@ -172,7 +172,7 @@
   // Before each out-of-band swap the text of the target and of its parts (by id) is noted;
   // after it, the innermost parts whose text differs (or that are new) are highlighted.
   var QUIET = { 'cc-seq': 1, 'db-status': 1, toasts: 1 }
-  var CONTAINER = 'ol, ul, [role=rowgroup], .grid'
+  var CONTAINER = 'ol:not(.rank), ul, [role=rowgroup], .grid'
   var noted = null
 
   function textOf (el) { return el.textContent.replace(/\s+/g, ' ').trim() }
@@ -195,9 +195,14 @@
     var el = evt.target
     if (el && el.id === 'db-status') applyDatabase()
     if (!noted || !(el instanceof Element) || !document.body.contains(el)) return
+    // The event also fires on the socket's own element (htmx settles it too): only what
+    // was swapped counts, that is what was noted, and what arrived inside it.
     var parts = [el].concat(Array.prototype.slice.call(el.querySelectorAll('[id]')))
     var changed = parts.filter(function (part) {
-      return part.id && !QUIET[part.id] && !part.hidden && noted[part.id] !== textOf(part)
+      if (!part.id || QUIET[part.id] || part.hidden || part.closest('[data-quiet]')) return false
+      if (part.id in noted) return noted[part.id] !== textOf(part)
+      var holder = part.parentElement && part.parentElement.closest('[id]')
+      return !!holder && holder.id in noted // new in a swapped container
     })
     changed.forEach(function (part) {
       var inner = changed.some(function (other) { return other !== part && part.contains(other) })

@@ -85,19 +85,22 @@ async def test_admin_table_columns_line_up_whatever_the_buttons(site: Site, brow
         assert drifting == [], f"{table}: columns {drifting} start at {starts['starts']}"
 
 
+@pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["1280px", "375px"])
 async def test_my_orders_keep_total_beside_status_and_mark_the_current_step(
-    site: Site, browser: Browser
+    site: Site, browser: Browser, viewport: dict[str, int]
 ) -> None:
     customer = await site.db.users.find_one({"email": CUSTOMER})
     assert customer is not None
     seeded = await site.db.orders.find({"user_id": customer["_id"]}).to_list()
     assert any(len(order.get("history") or []) > 1 for order in seeded), seeded
-    page = await open_page(browser, site, CUSTOMER, "/", viewport=PHONE)
+    page = await open_page(browser, site, CUSTOMER, "/", viewport=viewport)
+    # The total stays on the order's first line, never under the status pill.
     heads = await page.evaluate("""() => [...document.querySelectorAll('#my-orders .order-head')]
         .map(head => {
+            const id = head.querySelector('.order-id').getBoundingClientRect()
             const pill = head.querySelector('.pill').getBoundingClientRect()
             const total = head.querySelector('.num').getBoundingClientRect()
-            return total.top < pill.bottom && total.bottom > pill.top
+            return total.top < pill.bottom && total.top < id.bottom && total.bottom > id.top
         })""")
     assert heads and all(heads), heads
     dots = await page.evaluate("""() => [...document.querySelectorAll('#my-orders .timeline')]

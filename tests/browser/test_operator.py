@@ -323,7 +323,9 @@ async def test_changed_values_flash_and_only_outline_with_reduced_motion(
     for page in (moving, still):  # note the flashes as they happen (they last 1.7 s)
         await page.evaluate("""(selector) => {
             window.__flashes = []
+            window.__flashed = new Set()  // every element that flashed, by id
             new MutationObserver(() => {
+                document.querySelectorAll('.cc-flash').forEach(el => window.__flashed.add(el.id))
                 const el = document.querySelector(selector)
                 if (el && el.classList.contains('cc-flash')) {
                     const style = getComputedStyle(el)
@@ -339,5 +341,8 @@ async def test_changed_values_flash_and_only_outline_with_reduced_motion(
             str(product["stock"] - 2), timeout=LIVE)
         await page.wait_for_function("window.__flashes.length > 0")
     assert (await moving.evaluate("window.__flashes[0]"))["animation"] == "cc-flash"
+    # Only what changed: not the page around it, nor anything the frame did not touch.
+    assert await moving.evaluate("[...window.__flashed]") == [dom_id("product", product["_id"])
+                                                              + "-live"]
     assert await still.evaluate("window.__flashes[0]") == {"animation": "none",
                                                            "outline": "solid"}
