@@ -43,6 +43,12 @@ class Analytics:
     def forget(self, order_id: str) -> None:
         self._orders.pop(order_id, None)
 
+    def count(self, status: str | None = None) -> int:
+        """Orders seen, or those in ``status``: as of the last event, no database read."""
+        if status is None:
+            return len(self._orders)
+        return sum(1 for seen in self._orders.values() if seen[0] == status)
+
     def snapshot(self, *, now: datetime | None = None) -> dict[str, Any]:
         per_status: dict[str, int] = {}
         revenue = 0

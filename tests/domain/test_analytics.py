@@ -35,3 +35,14 @@ def test_analytics_a_status_change_replaces_the_order_and_old_orders_leave_the_t
     assert [row["orders"] for row in snap["orders_per_minute"]] == [1]  # o1 is older than 30 min
     figures.forget("o2")
     assert figures.snapshot(now=NOW)["orders"] == 1
+
+
+def test_analytics_counts_per_status_and_orders_per_hour_over_two_weeks() -> None:
+    figures = Analytics()
+    figures.rebuild([order("o1", "paid", 1_000, "u1"), order("o2", "paid", 2_000, "u2", 90),
+                     order("o3", "shipped", 500, "u3", 15 * 24 * 60)])  # o3: 15 days ago
+    assert (figures.count(), figures.count("paid"), figures.count("pending")) == (3, 2, 0)
+    figures.observe(order("o1", "shipped", 1_000, "u1"))  # a status change moves the count
+    assert (figures.count("paid"), figures.count("shipped")) == (1, 2)
+    hours = figures.snapshot(now=NOW)["orders_per_hour"]
+    assert hours == [{"hour": "2026-12-01T10", "orders": 1}, {"hour": "2026-12-01T12", "orders": 1}]
