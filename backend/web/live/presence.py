@@ -79,9 +79,11 @@ class Presence:
             {"$set": {"order_id": order_id, "seen_at": now_iso()}}))
 
     async def leave(self, key: str, conn: str) -> None:
-        """The tab's socket ended: gone, unless a reconnect of the tab took it over."""
-        if self._mine.get(key) == conn:
-            del self._mine[key]
+        """The tab's socket ended: gone, unless a reconnect of the tab took it over (here,
+        or on another instance: the delete names this connection)."""
+        if self._mine.get(key) != conn:
+            return  # this tab reconnected here already; the document is the new socket's
+        del self._mine[key]
         await self._quietly(self.collection.delete_one({"_id": key, "conn": conn}))
 
     async def _run(self) -> None:
