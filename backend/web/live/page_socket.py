@@ -158,7 +158,7 @@ class LiveConnection(Session):
     async def _handle(self, raw: str) -> None:
         """A page's filters arrive here (htmx ``ws-send`` of a filter form): the admin's
         order status, or a product search (``q``, ``category``) on the portal's grid and
-        the admin's inventory."""
+        the admin's inventory; and from the console, which order it shows (``viewing``)."""
         try:
             if len(raw) > MAX_CLIENT_MESSAGE:
                 raise ValueError(f"messages are limited to {MAX_CLIENT_MESSAGE} bytes")

@@ -31,6 +31,7 @@ logger = logging.getLogger("changecast.presence")
 
 BEAT_S = 5.0
 EXPIRY_S = 15.0
+WRITE_TIMEOUT_S = 1.0
 TAB = re.compile(r"^[A-Za-z0-9_-]{8,40}$")
 
 
@@ -101,10 +102,12 @@ class Presence:
 
     @staticmethod
     async def _quietly(write: Any) -> None:
-        # Presence is a courtesy: with the database away the pages say so already.
+        # Presence is a courtesy: with the database away the pages say so already, and a
+        # page's socket must not wait for a database that does not answer.
         try:
-            await write
-        except PyMongoError as exc:
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await write
+        except (PyMongoError, TimeoutError) as exc:
             logger.debug("presence not written: %s", exc)
 
 
