@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from backend.infra.database import Database
 from backend.infra.tasks import cancel
@@ -27,7 +26,6 @@ class Reachability:
         self.misses = misses
         self.reachable = True
         self.version = 0
-        self.since = time.monotonic()
         self._failed = 0
         self._flipped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -56,7 +54,6 @@ class Reachability:
     def _flip(self, reachable: bool) -> None:
         self.reachable = reachable
         self.version += 1
-        self.since = time.monotonic()
         if reachable:
             logger.info("the database answers again")
         else:

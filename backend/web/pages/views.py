@@ -135,12 +135,13 @@ class View:
             docs = [doc for doc in docs if where.matches(doc)]
         return sorted(docs, key=product_sort_key)
 
-    async def categories(self) -> list[str]:
-        return sorted({str(p.get("category")) for p in await self.products() if p.get("category")})
-
-    async def search_context(self) -> dict[str, Any]:
-        return {"q": self.params.get("q", ""), "category": self.params.get("category", ""),
-                "categories": await self.categories()}
+    def search_context(self, every: list[Document]) -> dict[str, Any]:
+        """From every product: those the search matches, and the search form (its values,
+        the categories to choose from)."""
+        where = self.search
+        return {"products": [p for p in every if where.matches(p)] if where else every,
+                "q": self.params.get("q", ""), "category": self.params.get("category", ""),
+                "categories": sorted({str(p["category"]) for p in every if p.get("category")})}
 
 
 class PortalView(View):
@@ -164,8 +165,8 @@ class PortalView(View):
             .sort([("created_at", -1), ("_id", 1)]).limit(NOTES).to_list()
 
     async def context(self) -> dict[str, Any]:
-        return {"products": await self.products(self.search), "orders": await self.my_orders(),
-                "notes": await self.notes(), **await self.search_context()}
+        return {"orders": await self.my_orders(), "notes": await self.notes(),
+                **self.search_context(await self.products())}
 
     def render(self, delivery: Delivery) -> list[str]:
         event, op, f = delivery.event, delivery.op, self.fragments
@@ -249,11 +250,10 @@ class AdminView(View):
 
     async def context(self) -> dict[str, Any]:
         total = self.total()
-        products = await self.products()
-        return {"orders": await self.orders(), "total": total,
-                "products": await self.products(self.search), "alerts": low_stock(products),
+        every = await self.products()
+        return {"orders": await self.orders(), "total": total, "alerts": low_stock(every),
                 "status": self.status or "", "statuses": STATUSES,
-                "online": online(self.presence()), **await self.search_context()}
+                "online": online(self.presence()), **self.search_context(every)}
 
     def render(self, delivery: Delivery) -> list[str]:
         event, op, f = delivery.event, delivery.op, self.fragments
