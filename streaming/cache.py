@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -99,12 +100,13 @@ class DocumentCache:
         entry = self._data.get((collection, key))
         return entry[0] if entry is not None else None
 
-    def prime(self, collection: str, docs: list[Document]) -> None:
+    def prime(self, collection: str, docs: list[Document], *,
+              key: Callable[[Document], Any] = operator.itemgetter("_id")) -> None:
         """Seed stream versions from a snapshot read after the stream was opened."""
         if len(docs) > self._data.maxsize:
             return
         for doc in docs:
-            self._data[(collection, doc["_id"])] = (doc, True)
+            self._data[(collection, key(doc))] = (doc, True)
         self._data.complete.add(collection)
 
     def documents(self, collection: str) -> list[Document] | None:

@@ -1,4 +1,4 @@
-"""The engine: watchers + cache + hub + breaker + metrics behind one object."""
+"""The engine: a source + cache + hub + breaker + metrics behind one object."""
 
 from __future__ import annotations
 
@@ -11,17 +11,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
-
 from streaming.breaker import CircuitBreaker
 from streaming.cache import ABSENT, CacheStats, DocumentCache
-from streaming.events import ChangeEvent, decode, normalize, visible
+from streaming.events import ChangeEvent, normalize, visible
 from streaming.hub import Hub, Outlet, Subscriber
 from streaming.metrics import EngineMetrics, Histogram, MetricsStats
+from streaming.source import MongoSource, Source
 from streaming.types import Document, OverflowPolicy
 from streaming.watcher import (
     CheckpointStore,
-    CollectionWatcher,
     FullDocument,
     WatcherStats,
     WatchMode,
@@ -33,13 +31,6 @@ logger = logging.getLogger("streaming.engine")
 Listener = Callable[[ChangeEvent], None]
 MaybeDoc = TypeVar("MaybeDoc", Document, Document | None)
 DEFAULT_COLLECTIONS = ("orders", "products", "users", "notifications")
-
-
-def _breaker_failure(exc: BaseException) -> bool:
-    # Only an unavailable database trips the breaker, not a bad query.
-    return isinstance(exc, ConnectionFailure | TimeoutError) or (
-        isinstance(exc, PyMongoError) and not isinstance(exc, OperationFailure)
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +71,14 @@ class EngineStats:
 
 
 class ChangeEngine:
-    """One change stream per collection, a coherent cache, and live-query fan-out."""
+    """Live queries over one database: its changes, a coherent cache, and fan-out.
 
-    def __init__(self, database: Any, *, collections: Iterable[str] = DEFAULT_COLLECTIONS,
+    ``ChangeEngine(db, ...)`` watches a MongoDB database (one change stream per
+    collection); ``ChangeEngine(source=MySQLSource(...))`` any other ``Source``.
+    """
+
+    def __init__(self, database: Any = None, *, source: Source | None = None,
+                 collections: Iterable[str] = DEFAULT_COLLECTIONS,
                  mode: WatchMode = "await", cache_size: int = 10_000,
                  queue_size: int = 1_000, buffer_size: int = 10_000,
                  policy: OverflowPolicy = "coalesce",
@@ -91,26 +87,28 @@ class ChangeEngine:
                  backoff_max: float = 5.0,
                  hidden: Mapping[str, Iterable[str]] | None = None,
                  full_document: FullDocument = "updateLookup") -> None:
+        if (database is None) == (source is None):
+            raise TypeError("ChangeEngine needs a MongoDB database or a source=, not both")
+        if source is None:
+            options = WatchOptions(mode=mode, idle_interval=idle_interval,
+                                   backoff_max=backoff_max, full_document=full_document)
+            source = MongoSource(database, collections=collections, options=options,
+                                 checkpoints=checkpoints)
         self.database = database
-        self.collections = tuple(collections)
+        self.source: Source = source
+        self.collections = source.collections
         # Top-level fields that never leave the database through the engine: not cached,
         # not in events, and a change to nothing else emits no event (secrets, bookkeeping).
         self.hidden = {name: frozenset(fields) for name, fields in (hidden or {}).items()}
         self.mode: WatchMode = mode
         self.metrics = EngineMetrics()
         self.breaker = breaker or CircuitBreaker(failure_threshold=3, reset_timeout=2.0,
-                                                 is_failure=_breaker_failure)
+                                                 is_failure=source.is_unavailable)
         self.cache = DocumentCache(maxsize=cache_size, loader=self._load, breaker=self.breaker)
         self.hub = Hub(collections=self.collections, buffer_size=buffer_size,
                        queue_size=queue_size, policy=policy, metrics=self.metrics)
-        options = WatchOptions(mode=mode, idle_interval=idle_interval, backoff_max=backoff_max,
-                               full_document=full_document)
-        self.watchers = {
-            name: CollectionWatcher(
-                database[name], handler=self._handle, on_history_lost=self._history_lost,
-                options=options, breaker=self.breaker, checkpoints=checkpoints)
-            for name in self.collections
-        }
+        source.attach(handler=self._handle, on_history_lost=self._history_lost,
+                      breaker=self.breaker)
         self._listeners: list[Listener] = []
         self._waiters: dict[tuple[str, Any], list[tuple[asyncio.Future[None], Any]]] = {}
         self._lost_listeners: list[Callable[[str, str], None]] = []
@@ -119,20 +117,12 @@ class ChangeEngine:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self, *, timeout: float = 15.0) -> None:
-        """Open every change stream; return once all are watching."""
-        if self.mode == "poll":
-            # NX-27017 tracks changes with triggers on the collection's table: create the
-            # collections first, so no stream is opened on a table that is not there yet.
-            existing = set(await self.database.list_collection_names())
-            for name in self.collections:
-                if name not in existing:
-                    with contextlib.suppress(PyMongoError):
-                        await self.database.create_collection(name)
-        await asyncio.gather(*(w.start(timeout=timeout) for w in self.watchers.values()))
+        """Open the source at its stored position; return once every collection is watched."""
+        await self.source.start(timeout=timeout)
 
     async def stop(self) -> None:
-        """Close every stream (saving tokens) and every subscriber."""
-        await asyncio.gather(*(w.stop() for w in self.watchers.values()))
+        """Close the source (saving its position) and every subscriber."""
+        await self.source.stop()
         self.hub.close_all()
 
     async def __aenter__(self) -> ChangeEngine:
@@ -156,11 +146,7 @@ class ChangeEngine:
 
     def nudge(self, collection: str | None = None) -> None:
         """Poll now: call right after this process writes (no-op for await mode)."""
-        if collection is None:
-            for watcher in self.watchers.values():
-                watcher.nudge()
-        elif collection in self.watchers:
-            self.watchers[collection].nudge()
+        self.source.nudge(collection)
 
     def subscriber(self, *, maxsize: int | None = None, policy: OverflowPolicy | None = None,
                    outlet: Outlet | None = None) -> Subscriber:
@@ -175,8 +161,7 @@ class ChangeEngine:
     def reset(self, reason: str) -> None:
         """Distrust every stream's history (e.g. the database restarted): each watcher reopens
         from now, then its subscribers resync and the cache forgets that collection."""
-        for watcher in self.watchers.values():
-            watcher.reset(reason)
+        self.source.reset(reason)
 
     def on_history_lost(self, listener: Callable[[str, str], None]) -> None:
         """Call ``listener(collection, reason)`` when a collection's history is lost."""
@@ -255,14 +240,13 @@ class ChangeEngine:
 
     async def prime(self, collection: str) -> int:
         """Load a collection into the cache as stream versions (call right after start)."""
-        docs = [self.visible(collection, decode(d))
-                async for d in self.database[collection].find({})]
-        self.cache.prime(collection, docs)
+        docs = [self.visible(collection, d) for d in await self.source.scan(collection)]
+        self.cache.prime(collection, docs, key=lambda doc: self.source.key_of(collection, doc))
         return len(docs)
 
     def checkpoint_ages(self) -> dict[str, float | None]:
         """Per collection, seconds since its stream's resume token was saved."""
-        return {name: w.checkpoint_age_s() for name, w in self.watchers.items()}
+        return {name: w.checkpoint_age_s for name, w in self.source.stats().items()}
 
     def stats(self) -> EngineStats:
         """Every figure the engine keeps, typed."""
@@ -274,7 +258,7 @@ class ChangeEngine:
             uptime_s=round(time.monotonic() - self.started_at, 3),
             metrics=self.metrics.stats(), cache=self.cache.stats(),
             breaker=BreakerStats(self.breaker.state.value, self.breaker.opened_count),
-            watchers={name: w.stats() for name, w in self.watchers.items()})
+            watchers=self.source.stats())
 
     def snapshot(self) -> dict[str, Any]:
         """Every metric as a plain dict (the JSON form of ``stats()``)."""
@@ -283,8 +267,8 @@ class ChangeEngine:
     # ---- the change path --------------------------------------------------------------------
 
     async def _load(self, collection: str, key: Any) -> Document | None:
-        doc = await self.database[collection].find_one({"_id": key})
-        return self.visible(collection, decode(doc)) if doc is not None else None
+        doc = await self.source.load(collection, key)
+        return self.visible(collection, doc) if doc is not None else None
 
     def _handle(self, collection: str, raw: Document) -> int | None:
         """One raw change from a watcher: normalize, cache, publish, wake writers, tell

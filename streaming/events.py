@@ -294,8 +294,9 @@ def normalize(raw: Document, *, previous: Callable[[Any], Document | None],
 
     ``previous(key)``: the last version of the document this stream delivered, or None
     when unknown; the diff is computed against it when the server sends no
-    ``updateDescription`` (NX-27017 never does). An update that changes only ``hidden``
-    fields, or nothing at all, comes back ``empty``.
+    ``updateDescription`` (NX-27017 never does), unless the change carries its own
+    ``fullDocumentBeforeChange`` (a MongoDB pre-image, a binlog row's before image).
+    An update that changes only ``hidden`` fields, or nothing at all, comes back ``empty``.
     """
     op = raw.get("operationType")
     if op not in ("insert", "update", "replace", "delete"):
@@ -303,7 +304,13 @@ def normalize(raw: Document, *, previous: Callable[[Any], Document | None],
     key = decode((raw.get("documentKey") or {}).get("_id"))
     full = raw.get("fullDocument")
     doc = visible(decode(full), hidden) if full is not None else None
-    before = None if op == "insert" else previous(key)
+    pre_image = raw.get("fullDocumentBeforeChange")
+    if op == "insert":
+        before = None
+    elif pre_image is not None:  # the source knows the version before this change
+        before = visible(decode(pre_image), hidden)
+    else:
+        before = previous(key)
     changes = None
     if op == "delete":
         # NX-27017 sends the deleted document; MongoDB sends only the key.

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from streaming.errors import FilterError
@@ -305,14 +306,26 @@ def parse(text: str) -> Node:
 # ---- evaluation -----------------------------------------------------------------------------
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+
+
+def _exact(a: Any, b: Any) -> tuple[Any, Any]:
+    # A DECIMAL column (MySQL) against a literal: compare the literal as written (1.1 is
+    # Decimal('1.1'), not the binary float nearest to it), as the database would.
+    if isinstance(a, Decimal) and isinstance(b, float) and math.isfinite(b):
+        return a, Decimal(repr(b))
+    if isinstance(b, Decimal) and isinstance(a, float) and math.isfinite(a):
+        return Decimal(repr(a)), b
+    return a, b
 
 
 def values_equal(a: Any, b: Any) -> bool:
-    """Type-strict equality (numbers compare across int and float; bools are not numbers)."""
+    """Type-strict equality (numbers compare across int, float and Decimal; bools are not
+    numbers)."""
     if a is None or b is None:
         return False
     if _is_number(a) and _is_number(b):
+        a, b = _exact(a, b)
         return bool(a == b)
     return type(a) is type(b) and bool(a == b)
 
@@ -320,6 +333,7 @@ def values_equal(a: Any, b: Any) -> bool:
 def _ordered(a: Any, b: Any, op: str) -> bool:
     if not ((_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str))):
         return False
+    a, b = _exact(a, b)
     if op == "<":
         return bool(a < b)
     if op == "<=":
@@ -458,6 +472,19 @@ def _constraints(node: Node) -> dict[str, frozenset[Any]]:
 def hashable(value: Any) -> bool:
     """True for the literal types an equality index can key on."""
     return isinstance(value, str | int | float | bool)
+
+
+def index_keys(values: Iterable[Any]) -> list[Any]:
+    """The keys under which an equality index finds documents holding ``values``: each
+    literal-typed value, and a Decimal (a MySQL DECIMAL) as the int or float literal that
+    equals it."""
+    keys = []
+    for value in values:
+        if isinstance(value, str | int | float | bool):
+            keys.append(value)
+        elif isinstance(value, Decimal) and value.is_finite():
+            keys.append(int(value) if value == value.to_integral_value() else float(value))
+    return keys
 
 
 class Filter:

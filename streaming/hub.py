@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from streaming.errors import SubscriptionError
 from streaming.events import ChangeEvent, Changes, diff, full_set, path_values
-from streaming.filters import Filter, Predicate, equals_filter, hashable
+from streaming.filters import Filter, Predicate, equals_filter, hashable, index_keys
 from streaming.metrics import EngineMetrics
 from streaming.types import DeliveryOp, Document, OverflowPolicy
 
@@ -430,8 +430,7 @@ class _Routes:
         if not self.by_field:
             return
         for field, index in self.by_field.items():
-            keys = [v for v in (*path_values(event.doc, field), *path_values(event.before, field))
-                    if hashable(v)]
+            keys = index_keys((*path_values(event.doc, field), *path_values(event.before, field)))
             buckets = [bucket for key in dict.fromkeys(keys) if (bucket := index.get(key))]
             if len(buckets) == 1:
                 yield from buckets[0]

@@ -174,7 +174,7 @@ class WatcherStats:
     """What a watcher reports; ``last_change_at`` is the last change's time in epoch ms."""
 
     state: str
-    mode: WatchMode
+    mode: str  # "poll" | "await" (MongoDB change streams), "binlog" (MySQL / MariaDB)
     reconnects: int
     history_losses: int
     errors: int
