@@ -227,6 +227,15 @@ class _Commit:
     query: str = ""
 
 
+def _not_its_reconnect(record: logging.LogRecord) -> bool:
+    # The library logs that it lost the connection and will reconnect; our reader refuses
+    # that reconnect (the source's own loop reopens, counts and backs off) and says so.
+    return "Re-request the connection" not in record.getMessage()
+
+
+logging.getLogger("pymysqlreplication").addFilter(_not_its_reconnect)
+
+
 class _Reader(threading.Thread):
     """Reads the binlog (blocking) and hands whole transactions to the event loop."""
 
@@ -246,11 +255,21 @@ class _Reader(threading.Thread):
         self.scheduled = False
         self.stopping = False
         self.stream: BinLogStreamReader | None = None
+        self.connections = 0
 
     def _connect(self, **kwargs: Any) -> Any:
-        # The library reconnects by itself after a lost connection: not once we are stopping.
+        # The library opens the stream's connection, then its control connection; a third
+        # call is its own reconnect after a lost connection. The source reopens instead:
+        # it counts the reconnect, backs off, reads the tables again and goes through the
+        # breaker.
+        self.connections += 1
         if self.stopping:
             raise ConnectionAbortedError("the binlog source is stopping")
+        if self.connections > 2:
+            raise ConnectionResetError("the binlog connection was lost")
+        for old, new in (("db", "database"), ("passwd", "password")):  # PyMySQL's names now
+            if old in kwargs:
+                kwargs[new] = kwargs.pop(old)
         return pymysql.connect(**kwargs)
 
     def stop(self) -> None:
@@ -395,7 +414,7 @@ class MySQLSource:
         self.collections = tuple(self.names.values())
         self._table_of = {coll: table for table, coll in self.names.items()}
         self.settings: dict[str, Any] = {
-            "host": host, "port": port, "user": user, "passwd": password,
+            "host": host, "port": port, "user": user, "password": password,
             "connect_timeout": connect_timeout, "read_timeout": max(3 * heartbeat, 5.0),
             "init_command": "SET time_zone = '+00:00'"}
         self.checkpoints = checkpoints
@@ -491,10 +510,14 @@ class MySQLSource:
         return isinstance(exc, OSError | TimeoutError)
 
     def key_of(self, collection: str, doc: Document) -> Any:
-        return self._table(collection).key(doc)
+        table = self.tables.get(self._table_of[collection])
+        if table is None:
+            raise RuntimeError("the binlog source has not read its tables yet (start it, or "
+                               "scan or load first)")
+        return table.key(doc)
 
     async def load(self, collection: str, key: Any) -> Document | None:
-        table = self._table(collection)
+        table = await self._table(collection)
         values = key if isinstance(key, tuple) else (key,)
         where = " AND ".join(f"`{c}` = %s" for c in table.primary_key)
         rows = await self._query(f"SELECT * FROM `{self.schema}`.`{table.name}` WHERE {where}",
@@ -502,15 +525,15 @@ class MySQLSource:
         return table.row(rows[0]) if rows else None
 
     async def scan(self, collection: str) -> list[Document]:
-        table = self._table(collection)
+        table = await self._table(collection)
         rows = await self._query(f"SELECT * FROM `{self.schema}`.`{table.name}`", ())
         return [table.row(r) for r in rows]
 
     # ---- reads (a few pooled connections, in threads) --------------------------------------
 
-    def _table(self, collection: str) -> Table:
-        if not self.tables:
-            raise RuntimeError("the binlog source has not started")
+    async def _table(self, collection: str) -> Table:
+        if not self.tables:  # a snapshot before start(): read the tables now
+            self.mariadb, self.tables, _ = await asyncio.to_thread(self._inspect)
         return self.tables[self._table_of[collection]]
 
     def _connect(self) -> Any:
@@ -523,16 +546,22 @@ class MySQLSource:
     def _run_query(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
         with self._pool_lock:
             conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, args)
-                rows = list(cur.fetchall())
-        except Exception:
-            with contextlib.suppress(Exception):
-                conn.close()
-            raise
+        pooled = conn is not None
+        while True:
+            if conn is None:
+                conn = self._connect()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql, args)
+                    rows = list(cur.fetchall())
+                break
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                conn = None
+                if not (pooled and self.is_unavailable(exc)):
+                    raise
+                pooled = False  # an idle connection the server dropped: once more, fresh
         with self._pool_lock:
             if len(self._idle) < self.pool_size:
                 self._idle.append(conn)
@@ -641,7 +670,9 @@ class MySQLSource:
         self.reconnects += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.state = WatcherState.BACKOFF
-        if not isinstance(exc, BreakerOpenError) and not self.is_unavailable(exc):
+        if isinstance(exc, BreakerOpenError) or self.is_unavailable(exc):
+            logger.info("binlog of %s: %s; reopening", self.schema, self.last_error)
+        else:
             logger.warning("binlog of %s: %s; reopening", self.schema, self.last_error)
 
     def _lose_history(self, reason: str) -> None:

@@ -58,7 +58,8 @@ class MariaDB:
             [MARIADBD, "--no-defaults", f"--datadir={self.data_dir}", *user,
              f"--port={self.port}", "--bind-address=127.0.0.1",
              f"--socket={self.root / 'mariadbd.sock'}", f"--pid-file={self.root / 'mariadbd.pid'}",
-             "--skip-name-resolve",
+             "--skip-name-resolve", "--character-set-server=utf8mb4",
+             "--collation-server=utf8mb4_unicode_ci",
              "--log-bin=binlog", "--server-id=1", "--binlog-format=ROW",
              "--binlog-row-image=FULL", "--binlog-row-metadata=FULL",
              # A killed process keeps what the OS holds: durable enough for kill -9 tests,
@@ -79,7 +80,7 @@ class MariaDB:
                     err = (self.root / "mariadbd.err")
                     tail = err.read_text(errors="replace")[-2000:] if err.exists() else ""
                     self.stop()
-                    raise RuntimeError(f"mariadbd did not start on port {self.port}:\n{tail}")
+                    raise RuntimeError(f"mariadbd did not start on port {self.port}:\n{tail}") from None
                 time.sleep(0.05)
 
     def kill(self) -> None:

@@ -8,6 +8,7 @@ import copy
 from typing import Any
 
 from streaming import ChangeEngine, compile_filter, decode
+from streaming.filters import values_equal
 
 
 def apply_changes(doc: dict[str, Any], changes: dict[str, Any]) -> None:
@@ -92,3 +93,31 @@ class LiveView:
 
     async def truth(self) -> dict[Any, dict[str, Any]]:
         return {d["_id"]: decode(d) for d in await self.db[self.collection].find(self.query()).to_list()}
+
+
+class SourceView(LiveView):
+    """A live view whose snapshot comes through the engine's source (any database): every
+    row the source scans, kept when the filter and the restriction hold."""
+
+    def __init__(self, engine: ChangeEngine, sub_id: str, collection: str, *,
+                 where: str | None = None, restriction: dict[str, Any] | None = None) -> None:
+        super().__init__(engine, None, sub_id, collection, where=where, restriction=restriction)
+
+    def matches(self, doc: dict[str, Any]) -> bool:
+        if self.where is not None and not self.where.matches(doc):
+            return False
+        return all(values_equal(doc.get(k), v) for k, v in self.restriction.items())
+
+    async def rows(self) -> dict[Any, dict[str, Any]]:
+        source = self.engine.source
+        return {source.key_of(self.collection, d): d
+                for d in await source.scan(self.collection) if self.matches(d)}
+
+    async def load(self) -> None:
+        seq = self.engine.seq  # read before the snapshot: replay from here converges
+        self.docs = await self.rows()
+        self.subscriber.subscribe(self.sub_id, self.collection, where=self.where,
+                                  restriction=self.restriction or None, resume_from=seq)
+
+    async def truth(self) -> dict[Any, dict[str, Any]]:
+        return await self.rows()
