@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-mongodb lint typecheck bench chromium clean vendor screenshots
+.PHONY: run test test-mongodb lint typecheck bench chromium mariadb clean vendor screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,14 @@ chromium:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) chromium
+# The binlog source's tests start their own mariadbd (no system service is used).
+mariadb:
+	@{ command -v mariadbd || test -x /usr/sbin/mariadbd; } >/dev/null 2>&1 || { \
+		echo "Installing Debian's mariadb-server for the binlog source's tests..."; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mariadb-server >/dev/null; }
+
+test: $(STAMP) chromium mariadb
 	$(BIN)/ruff check backend streaming seed tests bench loadtest
 	$(BIN)/mypy
 	$(BIN)/pytest

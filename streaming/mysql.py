@@ -95,8 +95,8 @@ class Column:
         if self.kind == "float32":
             return float(f"{value:.7g}")  # FLOAT holds 7 significant digits
         if self.kind == "set":
-            return sorted(value) if isinstance(value, set) else \
-                [part for part in str(value).split(",") if part]
+            members = value if isinstance(value, set) else str(value).split(",")
+            return sorted(part for part in members if part)
         if self.kind == "datetime" and isinstance(value, dt.datetime) and value.tzinfo is None:
             return value.replace(tzinfo=dt.UTC)  # sessions run in UTC; the binlog is UTC
         return value
