@@ -31,7 +31,7 @@ logger = logging.getLogger("changecast.cli")
 
 EXIT_USAGE = 2
 # The benchmark suite (``bench/``), in the order ``make bench`` runs it.
-BENCHMARKS = ("propagation", "fanout", "cache", "pipeline", "connections")
+BENCHMARKS = ("propagation", "fanout", "cache", "pipeline", "connections", "sources")
 
 
 class CliError(Exception):

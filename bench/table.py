@@ -128,6 +128,26 @@ def rows() -> list[tuple[str, str, str, str]]:
                             f"bare WebSocket, no subscription: "
                             f"{same['bare']['kib_per_connection']} KiB" if "bare" in same else "",
                             "`python -m bench.connections`"))
+    sources = _load("sources")
+    if sources:
+        mongo, maria = sources["results"][0], sources["results"][1]
+        for label, ours, other, other_name in (("MariaDB binlog", maria, mongo, "NX-27017 change stream"),):
+            lat, olat = ours["latency"], other["latency"]
+            thr, othr = ours["throughput"], other["throughput"]
+            out.append((f"one engine, two sources: write → event, one writer at "
+                        f"{sources['rate']:g} writes/s",
+                        f"{label}: p50 {_ms(lat['p50_ms'])}, p99 {_ms(lat['p99_ms'])}",
+                        f"{other_name}: p50 {_ms(olat['p50_ms'])}, p99 {_ms(olat['p99_ms'])}",
+                        "`python -m bench.sources`"))
+            out.append((f"one engine, two sources: events/s, {thr['writers']} writer processes "
+                        "as fast as they can",
+                        f"{label}: {_n(thr['events_per_s'])} events/s of "
+                        f"{_n(thr['writes_per_s'])} writes/s (p99 {_ms(thr['p99_ms'])}; "
+                        f"{thr['engine_cpu_us_per_event']} µs engine CPU/event)",
+                        f"{other_name}: {_n(othr['events_per_s'])} events/s of "
+                        f"{_n(othr['writes_per_s'])} writes/s (p99 {_ms(othr['p99_ms'])}; "
+                        f"{othr['engine_cpu_us_per_event']} µs engine CPU/event)",
+                        "`python -m bench.sources`"))
     return out
 
 
@@ -136,7 +156,8 @@ def render() -> str:
              "|---|---|---|---|"]
     lines.extend(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows())
     machine = next((r["machine"] for r in (_load(n) for n in
-                    ("propagation", "fanout", "cache", "pipeline", "connections")) if r), None)
+                    ("propagation", "fanout", "cache", "pipeline", "connections",
+                     "sources")) if r), None)
     if machine:
         lines.append("")
         lines.append(f"Machine: {machine['cpus']} CPUs, {machine['platform']}, "

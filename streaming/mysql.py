@@ -38,6 +38,7 @@ import pymysql
 import pymysql.cursors
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import (
+    FormatDescriptionEvent,
     HeartbeatLogEvent,
     MariadbGtidEvent,
     QueryEvent,
@@ -317,8 +318,13 @@ class _Reader(threading.Thread):
             self.stream = BinLogStreamReader(
                 connection_settings=self.settings, server_id=self.server_id, blocking=True,
                 only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, QueryEvent,
-                             XidEvent, RotateEvent, MariadbGtidEvent, HeartbeatLogEvent],
+                             XidEvent, RotateEvent, MariadbGtidEvent, HeartbeatLogEvent,
+                             FormatDescriptionEvent],
                 only_schemas=[self.schema], only_tables=self.tables,
+                # A table map is parsed once per table id, not before every row event (half
+                # the library's time per row); _read forgets them whenever a table id could
+                # mean something else: a new binlog file (a restart) or any DDL.
+                freeze_schema=True,
                 slave_heartbeat=self.heartbeat, pymysql_wrapper=self._connect, **kwargs)
             self._read(self.stream)
         except BaseException as exc:  # handed to the engine's task, which decides
@@ -340,7 +346,9 @@ class _Reader(threading.Thread):
             if not opened:
                 opened = True  # the first event of a dump (the server's rotate) is here
                 self._emit("open")
-            if isinstance(event, MariadbGtidEvent):
+            if isinstance(event, FormatDescriptionEvent):
+                stream.table_map.clear()  # a binlog file starts: table ids start over
+            elif isinstance(event, MariadbGtidEvent):
                 rows, gtid = [], event.gtid  # a transaction starts (a retry starts over)
             elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
                 if event.schema != self.schema or event.table not in self.tables:
@@ -361,6 +369,8 @@ class _Reader(threading.Thread):
                 if query.strip().upper() == "BEGIN":
                     rows = []
                     continue
+                if _DDL.match(query):
+                    stream.table_map.clear()  # the next row events map tables afresh
                 schema = event.schema.decode() if isinstance(event.schema, bytes) \
                     else str(event.schema or "")
                 ddl = ddl_tables(query, self.tables) if schema in ("", self.schema) or \

@@ -14,7 +14,7 @@ def test_readme_performance_table_matches_bench_results() -> None:
 
 
 def test_every_benchmark_has_its_result_and_chart() -> None:
-    for name in ("propagation", "fanout", "cache", "pipeline", "connections"):
+    for name in ("propagation", "fanout", "cache", "pipeline", "connections", "sources"):
         assert (ROOT / "bench" / "results" / f"{name}.json").exists(), name
         assert (ROOT / "bench" / "results" / f"{name}.png").exists(), name
     assert len(rows()) >= 10

@@ -224,7 +224,8 @@ def test_cli_bench_names_its_benchmarks_and_refuses_unknown_ones(clean_env: dict
     listed = run_cli(["bench", "--help"], clean_env)
     assert listed.returncode == 0
     assert all(
-        name in listed.stdout for name in ("propagation", "fanout", "cache", "pipeline", "connections")
+        name in listed.stdout for name in ("propagation", "fanout", "cache", "pipeline", "connections",
+                                           "sources")
     )
     unknown = run_cli(["bench", "propagation", "warp-speed"], clean_env)
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr

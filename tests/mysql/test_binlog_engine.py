@@ -343,9 +343,17 @@ async def test_binlog_ddl_on_a_watched_table_resyncs_its_subscribers(
     mariadb_server.execute(schema, "ALTER TABLE orders ADD COLUMN note VARCHAR(20) NULL DEFAULT 'x'")
     await converge([orders], engine)
     assert orders.resyncs == 1 and orders.docs["o1"]["note"] == "x"
+    # Rows after the DDL are read with the new shape (the old table map is forgotten).
+    mariadb_server.execute(schema, "UPDATE orders SET note = 'y', v = 1 WHERE id = 'o1'",
+                           "ALTER TABLE orders DROP COLUMN stock",
+                           "INSERT INTO orders VALUES ('o2', 'u2', 0, NULL, 'z')")
+    await converge([orders], engine)
+    assert orders.docs == {"o1": {"id": "o1", "user_id": "u1", "v": 1, "tag": None, "note": "y"},
+                           "o2": {"id": "o2", "user_id": "u2", "v": 0, "tag": None, "note": "z"}}
+    assert orders.resyncs == 2
     mariadb_server.execute(schema, "TRUNCATE TABLE orders")
     await converge([orders], engine)
-    assert orders.resyncs == 2 and orders.docs == {}
+    assert orders.resyncs == 3 and orders.docs == {}
     assert products.resyncs == 0  # the other table's subscribers are left alone
     for view in (orders, products):
         await view.stop()
