@@ -1,6 +1,8 @@
 """ChangeCast's change-stream engine: watch, diff, cache, breaker, filters, fan-out, metrics.
 
-Framework-free: it imports PyMongo and cachetools, never a web framework.
+Framework-free: it imports PyMongo and cachetools, never a web framework. The MySQL /
+MariaDB binlog source is ``streaming.mysql.MySQLSource`` (the ``mysql`` extra), imported
+on its own so that the engine needs nothing of it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from streaming.metrics import (
     MetricsStats,
     percentile,
 )
+from streaming.source import MongoSource, Source
 from streaming.types import Document
 from streaming.watcher import (
     CheckpointStore,
@@ -70,7 +73,9 @@ __all__ = [
     "MemoryCheckpoints",
     "MetricsStats",
     "MongoCheckpoints",
+    "MongoSource",
     "Outlet",
+    "Source",
     "StreamingError",
     "Subscriber",
     "Subscription",

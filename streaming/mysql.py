@@ -121,13 +121,15 @@ class Table:
     collection: str
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...]
-    by_name: dict[str, Column] = field(default_factory=dict)
+    converted: tuple[Column, ...] = ()  # the columns whose values need converting
 
     def row(self, values: Mapping[str, Any]) -> Document:
         """A row as the engine's document (column name → value, converted)."""
-        by_name = self.by_name
-        return {name: (by_name[name].convert(value) if name in by_name else value)
-                for name, value in values.items()}
+        doc = dict(values)
+        for column in self.converted:
+            if column.name in doc:
+                doc[column.name] = column.convert(doc[column.name])
+        return doc
 
     def key(self, doc: Document) -> Any:
         """The primary key's value (a tuple when the key has several columns)."""
@@ -189,7 +191,7 @@ def read_tables(conn: Any, schema: str, names: Mapping[str, str]) -> dict[str, T
                               "told apart (add one to watch it)")
         cols = tuple(columns[table])
         tables[table] = Table(table, collection, cols, tuple(keys[table]),
-                              {c.name: c for c in cols})
+                              tuple(c for c in cols if c.kind != "plain"))
     return tables
 
 
