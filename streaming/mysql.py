@@ -605,7 +605,10 @@ class MySQLSource:
                     cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
                     now: dict[str, Any] = {"gtid": str(cur.fetchone()[0] or "")}
                 else:
-                    cur.execute("SHOW MASTER STATUS")
+                    try:
+                        cur.execute("SHOW BINARY LOG STATUS")  # MySQL 8.2 and later
+                    except pymysql.err.ProgrammingError:
+                        cur.execute("SHOW MASTER STATUS")
                     status = cur.fetchone()
                     if status is None:
                         raise SourceError("the server's binary log is off (SHOW MASTER STATUS "

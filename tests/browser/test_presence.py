@@ -89,12 +89,16 @@ async def test_an_instance_that_died_leaves_no_ghost_for_long(
     site: Site, browser: Browser
 ) -> None:
     admin = await open_page(browser, site, ADMIN, "/admin")
-    # What an instance killed with -9 leaves behind: a tab nobody refreshes any more.
-    last_seen = datetime.now(UTC) - timedelta(seconds=EXPIRY_S + 5)
+    # What an instance killed with -9 leaves behind: a tab nobody refreshes any more. It is
+    # written fresh first, so that the site's own sweep cannot take it before the page has
+    # shown it, then made stale.
     await site.db.presence.insert_one({
         "_id": "user-ghost:tab", "user_id": "user-ghost", "name": "Gone Away", "conn": "x",
-        "instance": "dead", "order_id": None, "seen_at": iso(last_seen)})
+        "instance": "dead", "order_id": None, "seen_at": iso(datetime.now(UTC))})
     await expect(admin.locator("#presence")).to_contain_text("Gone Away", timeout=LIVE)
+    last_seen = datetime.now(UTC) - timedelta(seconds=EXPIRY_S + 5)
+    await site.db.presence.update_one({"_id": "user-ghost:tab"},
+                                      {"$set": {"seen_at": iso(last_seen)}})
     # Any live instance expires it at its next sweep (a new one sweeps as it starts); the
     # living, refreshed every beat, stay.
     sweeper = Presence(site.db)
