@@ -768,6 +768,47 @@ class MySQLSource:
         self._saved, self._saved_at = position, now
 
 
+class MySQLCheckpoints:
+    """Positions kept in a table of the watched server (``CheckpointStore``), so a MySQL-only
+    deployment needs no other store. The table is created on first use; its own writes are
+    in the binlog too, but a source never watches it."""
+
+    def __init__(self, *, database: str, table: str = "stream_checkpoints",
+                 host: str = "127.0.0.1", port: int = 3306, user: str = "root",
+                 password: str = "", connect_timeout: float = 5.0) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_$]+", table) or not re.fullmatch(r"[A-Za-z0-9_$]+", database):
+            raise ValueError("MySQLCheckpoints: database and table names are letters, digits, _ and $")
+        self.name = f"`{database}`.`{table}`"
+        self.settings: dict[str, Any] = {"host": host, "port": port, "user": user,
+                                         "password": password, "connect_timeout": connect_timeout,
+                                         "autocommit": True}
+        self._created = False
+
+    def _run(self, sql: str, args: tuple[Any, ...]) -> Any:
+        conn = pymysql.connect(**self.settings)
+        try:
+            with conn.cursor() as cur:
+                if not self._created:
+                    cur.execute(f"CREATE TABLE IF NOT EXISTS {self.name} (name VARCHAR(191) "
+                                "PRIMARY KEY, position JSON NOT NULL, saved_at DATETIME(3) NOT NULL)")
+                    self._created = True
+                cur.execute(sql, args)
+                return cur.fetchone()
+        finally:
+            conn.close()
+
+    async def load(self, collection: str) -> Any | None:
+        row = await asyncio.to_thread(self._run, f"SELECT position FROM {self.name} WHERE name = %s",
+                                      (collection,))
+        return json.loads(row[0]) if row else None
+
+    async def save(self, collection: str, token: Any) -> None:
+        await asyncio.to_thread(
+            self._run, f"INSERT INTO {self.name} (name, position, saved_at) VALUES (%s, %s, "
+                       "UTC_TIMESTAMP(3)) ON DUPLICATE KEY UPDATE position = VALUES(position), "
+                       "saved_at = VALUES(saved_at)", (collection, json.dumps(token)))
+
+
 def _history_lost(exc: BaseException) -> bool:
     if isinstance(exc, HistoryLost):
         return True
@@ -775,4 +816,5 @@ def _history_lost(exc: BaseException) -> bool:
         bool(exc.args) and exc.args[0] in HISTORY_LOST_ERRORS
 
 
-__all__ = ["Column", "MySQLSource", "SourceError", "Table", "ddl_tables", "read_tables"]
+__all__ = ["Column", "MySQLCheckpoints", "MySQLSource", "SourceError", "Table", "ddl_tables",
+           "read_tables"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import pymysql
 import pytest
 
 from streaming import ChangeEngine, ChangeEvent, MemoryCheckpoints, compile_filter
-from streaming.mysql import MySQLSource, SourceError
+from streaming.mysql import MySQLCheckpoints, MySQLSource, SourceError
 from tests.conftest import free_port
 from tests.support.mariadb import MariaDB
 from tests.support.views import SourceView
@@ -250,7 +251,8 @@ def purge(server: MariaDB) -> None:
 async def test_binlog_restart_replays_from_its_position_and_a_purged_binlog_resyncs(
         mariadb_server: MariaDB, schema: str) -> None:
     create_tables(mariadb_server, schema)
-    checkpoints = MemoryCheckpoints()
+    # Kept in the server itself, as a MySQL-only deployment would.
+    checkpoints = MySQLCheckpoints(database=schema, **mariadb_server.settings)
     insert = f"INSERT INTO {schema}.orders VALUES (%s, 'u1', 0, 5, NULL)"
 
     def rows(*keys: str) -> None:
@@ -266,7 +268,9 @@ async def test_binlog_restart_replays_from_its_position_and_a_purged_binlog_resy
     while len(seen) < 2:
         await asyncio.sleep(0.01)
     await first.stop()
-    assert checkpoints.tokens[f"binlog:{schema}"]["gtid"]
+    saved = mariadb_server.rows(schema, "SELECT name, position FROM stream_checkpoints")
+    assert [row["name"] for row in saved] == [f"binlog:{schema}"]
+    assert json.loads(saved[0]["position"])["gtid"]
 
     # Down for a while: a restart from the saved position replays exactly what it missed.
     rows("b1", "b2", "b3")
