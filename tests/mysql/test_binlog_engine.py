@@ -432,3 +432,30 @@ async def test_binlog_source_refuses_a_table_without_a_primary_key_and_a_wrong_s
         await minimal.stop()
     finally:
         mariadb_server.execute(None, "SET GLOBAL binlog_row_image = 'FULL'")
+
+
+@pytest.mark.timeout(60)
+async def test_binlog_reset_reopens_from_now_and_resyncs_everyone(
+        mariadb_server: MariaDB, schema: str) -> None:
+    create_tables(mariadb_server, schema)
+    engine = ChangeEngine(source=source(mariadb_server, schema))
+    await engine.start()
+    views = [SourceView(engine, "orders", "orders"), SourceView(engine, "users", "users")]
+    for view in views:
+        await view.start()
+    mariadb_server.execute(schema, "INSERT INTO orders VALUES ('o1', 'u1', 0, 5, NULL)")
+    await converge(views, engine)
+    engine.reset("the operator distrusts the history")
+    deadline = asyncio.get_running_loop().time() + 10
+    while [view.resyncs for view in views] != [1, 1]:
+        assert asyncio.get_running_loop().time() < deadline, [v.resyncs for v in views]
+        await asyncio.sleep(0.01)
+    # Reopened from now: what is written next still arrives.
+    mariadb_server.execute(schema, "INSERT INTO users VALUES ('x1', 'u1', 0, 5, 'b')")
+    await converge(views, engine)
+    assert "x1" in views[1].docs and [view.resyncs for view in views] == [1, 1]
+    stats = engine.snapshot()["watchers"]
+    assert stats["orders"]["history_losses"] == 1 and stats["orders"]["state"] == "watching"
+    for view in views:
+        await view.stop()
+    await engine.stop()
