@@ -220,8 +220,8 @@ class Group:
     """Subscriptions with the same collection, ``where`` and restriction: a change is
     routed once for all of them."""
 
-    __slots__ = ("collection", "key", "pending", "pulled", "pushed", "restriction",
-                 "restriction_fields", "where")
+    __slots__ = ("collection", "key", "pending", "pulled", "pushed", "repeated",
+                 "restriction", "restriction_fields", "subscribers", "where")
 
     def __init__(self, key: tuple[Hashable, ...], first: Subscription) -> None:
         self.key = key
@@ -232,9 +232,30 @@ class Group:
         self.pulled: dict[Subscription, None] = {}
         self.pushed: dict[Subscription, None] = {}
         self.pending: list[Delivery] = []
+        # Push members per subscriber, and how many subscribers have two or more here: while
+        # none has, a pass with only this group's batch writes each member on its own.
+        self.subscribers: dict[Subscriber, int] = {}
+        self.repeated = 0
 
     def __len__(self) -> int:
         return len(self.pulled) + len(self.pushed)
+
+    def push(self, sub: Subscription) -> None:
+        self.pushed[sub] = None
+        count = self.subscribers.get(sub.subscriber, 0) + 1
+        self.subscribers[sub.subscriber] = count
+        if count == 2:
+            self.repeated += 1
+
+    def unpush(self, sub: Subscription) -> None:
+        if sub not in self.pushed:
+            return
+        del self.pushed[sub]
+        count = self.subscribers.pop(sub.subscriber, 1) - 1
+        if count:
+            self.subscribers[sub.subscriber] = count
+        if count == 1:
+            self.repeated -= 1
 
     def route(self, event: ChangeEvent) -> Delivery | None:
         return route(event, self.where, self.restriction)
@@ -451,14 +472,21 @@ def _index_key(group: Group) -> tuple[str | None, frozenset[Any]]:
 class _Pass:
     """One fan-out pass being written: each push member's part, and how far it got."""
 
-    __slots__ = ("batches", "items", "next", "seq")
+    __slots__ = ("batches", "items", "members", "next", "seq")
 
     def __init__(self, items: list[tuple[Subscriber, list[tuple[Subscription, Batch]]]],
-                 seq: int, batches: list[Batch]) -> None:
+                 seq: int, batches: list[Batch],
+                 members: list[Subscription] | None = None) -> None:
         self.items = items
         self.seq = seq
         self.batches = batches
+        # One group's batch whose members are each a different subscriber: written member
+        # by member, with nothing to merge per subscriber (items is then empty).
+        self.members = members
         self.next = 0
+
+    def __len__(self) -> int:
+        return len(self.items) if self.members is None else len(self.members)
 
 
 class Hub:
@@ -579,8 +607,10 @@ class Hub:
         if group is None:
             group = self._groups[key] = Group(key, sub)
             self._routes.setdefault(sub.collection, _Routes()).add(group)
-        members = group.pulled if sub.subscriber.outlet is None else group.pushed
-        members[sub] = None
+        if sub.subscriber.outlet is None:
+            group.pulled[sub] = None
+        else:
+            group.push(sub)
         sub.group = group
 
     def _replay_gap(self, collection: str, resume_from: int) -> str | None:
@@ -621,7 +651,7 @@ class Hub:
         if group is None:
             return
         group.pulled.pop(sub, None)
-        group.pushed.pop(sub, None)
+        group.unpush(sub)
         if not group.pulled and not group.pushed and self._groups.get(group.key) is group:
             del self._groups[group.key]
             self._dirty.pop(group, None)
@@ -695,15 +725,19 @@ class Hub:
         current = self._pass
         if current is None:
             current = self._pass = self._start_pass()
-        items = current.items
-        end = len(items) if limit is None else min(len(items), current.next + limit)
+        size = len(current)
+        end = size if limit is None else min(size, current.next + limit)
         seq = current.seq
-        for n in range(current.next, end):
-            subscriber, parts = items[n]
-            if not subscriber.closed and subscriber.outlet is not None:
-                subscriber.outlet.deliver(parts, seq)
+        if current.members is not None:
+            self._write_members(current, end)
+        else:
+            items = current.items
+            for n in range(current.next, end):
+                subscriber, parts = items[n]
+                if not subscriber.closed and subscriber.outlet is not None:
+                    subscriber.outlet.deliver(parts, seq)
         current.next = end
-        if end >= len(items):
+        if end >= size:
             self._pass = None
             self._settled = seq
             metrics = self.metrics
@@ -715,8 +749,35 @@ class Hub:
                     if delivery.event is not None:
                         metrics.delivery.observe(max(0.0, now - delivery.event.at))
 
+    def _write_members(self, current: _Pass, end: int) -> None:
+        batch, seq = current.batches[0], current.seq
+        first, size = batch.first_seq, batch.size
+        members = current.members
+        assert members is not None
+        delivered = 0
+        for n in range(current.next, end):
+            sub = members[n]
+            subscriber = sub.subscriber
+            if subscriber.closed or subscriber.outlet is None or not sub.active:
+                continue
+            if sub.since >= first:  # it joined or replayed while the batch was pending
+                newer = batch.after(sub.since)
+                if newer is not None:
+                    delivered += newer.size
+                    subscriber.outlet.deliver([(sub, newer)], seq)
+                continue
+            delivered += size
+            subscriber.outlet.deliver([(sub, batch)], seq)
+        self.metrics.deliveries += delivered
+
     def _start_pass(self) -> _Pass:
         dirty, self._dirty = self._dirty, {}
+        if len(dirty) == 1:
+            (group,) = dirty
+            if group.pending and not group.repeated:
+                batch = Batch(group.pending)
+                group.pending = []
+                return _Pass([], self._seq, [batch], list(group.pushed))
         members: dict[Subscriber, list[tuple[Subscription, Batch]]] = {}
         batches: list[Batch] = []
         delivered = 0
