@@ -130,24 +130,23 @@ def rows() -> list[tuple[str, str, str, str]]:
                             "`python -m bench.connections`"))
     sources = _load("sources")
     if sources:
-        mongo, maria = sources["results"][0], sources["results"][1]
-        for label, ours, other, other_name in (("MariaDB binlog", maria, mongo, "NX-27017 change stream"),):
-            lat, olat = ours["latency"], other["latency"]
-            thr, othr = ours["throughput"], other["throughput"]
-            out.append((f"one engine, two sources: write → event, one writer at "
-                        f"{sources['rate']:g} writes/s",
-                        f"{label}: p50 {_ms(lat['p50_ms'])}, p99 {_ms(lat['p99_ms'])}",
-                        f"{other_name}: p50 {_ms(olat['p50_ms'])}, p99 {_ms(olat['p99_ms'])}",
-                        "`python -m bench.sources`"))
-            out.append((f"one engine, two sources: events/s, {thr['writers']} writer processes "
-                        "as fast as they can",
-                        f"{label}: {_n(thr['events_per_s'])} events/s of "
-                        f"{_n(thr['writes_per_s'])} writes/s (p99 {_ms(thr['p99_ms'])}; "
-                        f"{thr['engine_cpu_us_per_event']} µs engine CPU/event)",
-                        f"{other_name}: {_n(othr['events_per_s'])} events/s of "
-                        f"{_n(othr['writes_per_s'])} writes/s (p99 {_ms(othr['p99_ms'])}; "
-                        f"{othr['engine_cpu_us_per_event']} µs engine CPU/event)",
-                        "`python -m bench.sources`"))
+        other, ours = sources["results"][0], sources["results"][1]  # NX-27017, MariaDB
+        lat, olat = ours["latency"], other["latency"]
+        thr, othr = ours["throughput"], other["throughput"]
+        out.append((f"one engine, two sources: write → event, one writer at "
+                    f"{sources['rate']:g} writes/s",
+                    f"MariaDB binlog: p50 {_ms(lat['p50_ms'])}, p99 {_ms(lat['p99_ms'])}",
+                    f"NX-27017 change stream: p50 {_ms(olat['p50_ms'])}, p99 {_ms(olat['p99_ms'])}",
+                    "`python -m bench.sources`"))
+        out.append((f"one engine, two sources: events/s, {thr['writers']} writer processes "
+                    "as fast as they can",
+                    f"MariaDB binlog: {_n(thr['events_per_s'])} events/s of "
+                    f"{_n(thr['writes_per_s'])} writes/s (p99 {_ms(thr['p99_ms'])}; "
+                    f"{thr['engine_cpu_us_per_event']} µs engine CPU/event)",
+                    f"NX-27017 change stream: {_n(othr['events_per_s'])} events/s of "
+                    f"{_n(othr['writes_per_s'])} writes/s (p99 {_ms(othr['p99_ms'])}; "
+                    f"{othr['engine_cpu_us_per_event']} µs engine CPU/event)",
+                    "`python -m bench.sources`"))
     return out
 
 
