@@ -57,6 +57,7 @@ from streaming.watcher import (
     LostHandler,
     WatcherState,
     WatcherStats,
+    wait_open,
 )
 
 logger = logging.getLogger("streaming.mysql")
@@ -471,16 +472,12 @@ class MySQLSource:
         if self.checkpoints is not None:
             self.position = await self.checkpoints.load(self._checkpoint_name)
             self._saved = self.position
-        self._task = asyncio.create_task(self._run(), name=f"binlog-{self.schema}")
-        waiter = asyncio.create_task(self._watching.wait())
-        done, _ = await asyncio.wait({waiter, self._task}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if waiter not in done:
-            waiter.cancel()
-            if self._task in done:
-                task, self._task = self._task, None
-                task.result()
-            raise TimeoutError(f"the binlog of {self.schema!r} did not open in {timeout} s")
+        task = self._task = asyncio.create_task(self._run(), name=f"binlog-{self.schema}")
+        try:
+            await wait_open(task, self._watching, timeout, f"the binlog of {self.schema!r}")
+        finally:
+            if task.done():  # it failed (a SourceError): stop() has nothing left to end
+                self._task = None
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -141,6 +141,21 @@ def is_history_lost(exc: BaseException) -> bool:
     return isinstance(exc, OperationFailure) and exc.code in HISTORY_LOST_CODES
 
 
+async def wait_open(task: asyncio.Task[None], opened: asyncio.Event, timeout: float,
+                    what: str) -> None:
+    """Return once ``opened`` is set. If ``task`` (the one opening it) ended first, raise what
+    it raised; after ``timeout`` seconds, TimeoutError naming ``what``."""
+    waiter = asyncio.create_task(opened.wait())
+    done, _ = await asyncio.wait({waiter, task}, timeout=timeout,
+                                 return_when=asyncio.FIRST_COMPLETED)
+    if waiter in done:
+        return
+    waiter.cancel()
+    if task in done:
+        task.result()
+    raise TimeoutError(f"{what} did not open in {timeout} s")
+
+
 # Hands one raw change on; returns the change's time (epoch ms) when it became an event.
 ChangeHandler = Callable[[str, Document], int | None]
 LostHandler = Callable[[str, str], None]
@@ -259,14 +274,7 @@ class CollectionWatcher:
             self._saved_token = self.token
         self._task = asyncio.create_task(self.run(), name=f"watch-{self.name}")
         if wait:
-            waiter = asyncio.create_task(self._watching.wait())
-            done, _ = await asyncio.wait({waiter, self._task}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if waiter not in done:
-                waiter.cancel()
-                if self._task in done:
-                    self._task.result()
-                raise TimeoutError(f"change stream on {self.name!r} did not open in {timeout} s")
+            await wait_open(self._task, self._watching, timeout, f"change stream on {self.name!r}")
 
     async def stop(self) -> None:
         """Stop watching and save the last token."""

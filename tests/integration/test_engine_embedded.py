@@ -15,7 +15,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from streaming import ChangeEngine, ChangeEvent, MongoCheckpoints
 from tests.conftest import free_port, start_nx
-from tests.support.views import LiveView
+from tests.support.views import Counter, LiveView
 
 pytestmark = [
     pytest.mark.embedded_only(reason="NX-27017's quirks (restarts, rewinds, pruning)"),
@@ -25,17 +25,6 @@ pytestmark = [
 COLLECTIONS = ("orders", "products", "users")
 WRITERS = 20
 OPS_PER_WRITER = 500  # 20 x 500 = 10,000 changes
-
-
-class Counter:
-    def __init__(self, target: int) -> None:
-        self.count, self.target = 0, target
-        self.done = asyncio.Event()
-
-    def __call__(self, event: ChangeEvent) -> None:
-        self.count += 1
-        if self.count >= self.target:
-            self.done.set()
 
 
 async def writer(db: Any, engine: ChangeEngine, n: int, ops: int, rng: random.Random) -> None:

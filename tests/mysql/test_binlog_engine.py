@@ -21,7 +21,7 @@ from streaming import ChangeEngine, ChangeEvent, MemoryCheckpoints, compile_filt
 from streaming.mysql import MySQLCheckpoints, MySQLSource, SourceError
 from tests.conftest import free_port
 from tests.support.mariadb import MariaDB
-from tests.support.views import SourceView
+from tests.support.views import Counter, SourceView
 
 pytestmark = [pytest.mark.integration]
 
@@ -37,19 +37,21 @@ def create_tables(server: MariaDB, schema: str) -> None:
         for t in TABLES))
 
 
+def own_server(tmp_path: Path, schema: str) -> MariaDB:
+    """A server of the test's own (it kills or rebuilds it), with the tables in ``schema``."""
+    server = MariaDB(tmp_path / "mariadb", free_port())
+    server.start()
+    create_schema(server, schema)
+    return server
+
+
+def create_schema(server: MariaDB, schema: str) -> None:
+    server.execute(None, f"CREATE DATABASE {schema}")
+    create_tables(server, schema)
+
+
 def source(server: MariaDB, schema: str, **kwargs: Any) -> MySQLSource:
     return MySQLSource(database=schema, tables=TABLES, **server.settings, **kwargs)
-
-
-class Counter:
-    def __init__(self, target: int) -> None:
-        self.count, self.target = 0, target
-        self.done = asyncio.Event()
-
-    def __call__(self, event: ChangeEvent) -> None:
-        self.count += 1
-        if self.count >= self.target:
-            self.done.set()
 
 
 def write(server: MariaDB, schema: str, n: int, ops: int) -> int:
@@ -162,11 +164,8 @@ async def test_binlog_concurrent_writers_10000_changes_every_view_exact(
 
 @pytest.mark.timeout(240)
 async def test_binlog_survives_kill_9_of_mariadbd(tmp_path: Path) -> None:
-    server = MariaDB(tmp_path / "mariadb", free_port())
-    server.start()
     schema = "chaos"
-    server.execute(None, f"CREATE DATABASE {schema}")
-    create_tables(server, schema)
+    server = own_server(tmp_path, schema)
     engine = ChangeEngine(source=source(server, schema, backoff_max=0.5,
                                         checkpoints=MemoryCheckpoints()))
     try:
@@ -303,11 +302,8 @@ async def test_binlog_restart_replays_from_its_position_and_a_purged_binlog_resy
 
 @pytest.mark.timeout(120)
 async def test_binlog_a_rebuilt_server_that_lost_the_position_resyncs(tmp_path: Path) -> None:
-    server = MariaDB(tmp_path / "mariadb", free_port())
-    server.start()
     schema = "shop"
-    server.execute(None, f"CREATE DATABASE {schema}")
-    create_tables(server, schema)
+    server = own_server(tmp_path, schema)
     engine = ChangeEngine(source=source(server, schema, backoff_max=0.2))
     try:
         await engine.start()
@@ -320,8 +316,7 @@ async def test_binlog_a_rebuilt_server_that_lost_the_position_resyncs(tmp_path: 
         # The server is rebuilt from nothing: its binlog never had the position we hold.
         server.wipe()
         server.start()
-        server.execute(None, f"CREATE DATABASE {schema}")
-        create_tables(server, schema)
+        create_schema(server, schema)
         server.execute(schema, "INSERT INTO orders VALUES ('new', 'u2', 0, 1, NULL)")
         await converge([view], engine)
         assert set(view.docs) == {"new"} and view.resyncs >= 1

@@ -7,8 +7,21 @@ import contextlib
 import copy
 from typing import Any
 
-from streaming import ChangeEngine, compile_filter, decode
+from streaming import ChangeEngine, ChangeEvent, compile_filter, decode
 from streaming.filters import values_equal
+
+
+class Counter:
+    """An engine listener that counts changes and says when ``target`` have come."""
+
+    def __init__(self, target: int) -> None:
+        self.count, self.target = 0, target
+        self.done = asyncio.Event()
+
+    def __call__(self, event: ChangeEvent) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            self.done.set()
 
 
 def apply_changes(doc: dict[str, Any], changes: dict[str, Any]) -> None:
