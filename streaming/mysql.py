@@ -50,6 +50,7 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 from streaming.backoff import Backoff
 from streaming.breaker import CircuitBreaker
 from streaming.errors import BreakerOpenError, HistoryLost, StreamingError
+from streaming.tasks import cancel
 from streaming.types import Document
 from streaming.watcher import (
     ChangeHandler,
@@ -481,10 +482,7 @@ class MySQLSource:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         with contextlib.suppress(Exception):
             await self._checkpoint(force=True)
         with self._pool_lock:

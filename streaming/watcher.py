@@ -25,6 +25,7 @@ from streaming.backoff import Backoff
 from streaming.breaker import CircuitBreaker
 from streaming.errors import BreakerOpenError, HistoryLost
 from streaming.nx import NxStreamChecks
+from streaming.tasks import cancel
 from streaming.types import Clock, Document
 
 logger = logging.getLogger("streaming.watcher")
@@ -279,10 +280,7 @@ class CollectionWatcher:
     async def stop(self) -> None:
         """Stop watching and save the last token."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         with contextlib.suppress(PyMongoError, BreakerOpenError):
             await self._checkpoint(force=True)
         self.state = WatcherState.STOPPED

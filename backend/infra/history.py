@@ -18,9 +18,9 @@ from bson import Timestamp
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from backend.infra.tasks import cancel
 from streaming import Document
 from streaming.nx import NX_RETENTION_ROWS
+from streaming.tasks import cancel
 
 logger = logging.getLogger("changecast.history")
 

@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from backend.infra.database import Database
-from backend.infra.tasks import cancel
+from streaming.tasks import cancel
 
 logger = logging.getLogger("changecast.database")
 

@@ -24,8 +24,8 @@ from pymongo.errors import PyMongoError
 
 from backend.domain.clock import iso, now_iso
 from backend.domain.users import User
-from backend.infra.tasks import cancel
 from streaming import Document
+from streaming.tasks import cancel
 
 logger = logging.getLogger("changecast.presence")
 

@@ -1,4 +1,4 @@
-"""Background tasks of the app's helpers."""
+"""Background tasks: ending one and waiting until it has ended."""
 
 from __future__ import annotations
 
