@@ -626,18 +626,23 @@ class MySQLSource:
                          heartbeat=self.heartbeat, max_pending=self.max_pending, loop=loop,
                          wake=self._wakeup.set)
         reader.start()
-        while True:  # until the server answered the dump: its first event, or an error
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            items = reader.take()
-            if items and items[0] == "open":
-                self._pending = items[1:]
-                return reader
-            for item in items:
-                if isinstance(item, BaseException):
-                    raise item
-            if not reader.is_alive():
-                raise ConnectionError("the binlog reader ended before the stream opened")
+        try:
+            while True:  # until the server answered the dump: its first event, or an error
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                items = reader.take()
+                if items and items[0] == "open":
+                    self._pending = items[1:]
+                    return reader
+                for item in items:
+                    if isinstance(item, BaseException):
+                        raise item
+                if not reader.is_alive():
+                    raise ConnectionError("the binlog reader ended before the stream opened")
+        except BaseException:  # an error, or stop() while opening: no reader is left behind
+            reader.stop()
+            await asyncio.shield(asyncio.to_thread(reader.join, 5.0))
+            raise
 
     # ---- the loop --------------------------------------------------------------------------
 
