@@ -728,28 +728,26 @@ class MySQLSource:
             table = self.tables[name]
             before = table.row(before_row) if before_row is not None else None
             after = table.row(after_row) if after_row is not None else None
-            if before is not None and after is not None and table.key(before) != table.key(after):
+            key = table.key(after if after is not None else before)  # type: ignore[arg-type]
+            if before is not None and after is not None and (old := table.key(before)) != key:
                 # The primary key changed: to a keyed view that is one row leaving, another
                 # arriving.
-                self._hand(handler, table, "delete", before, None, wall, commit)
-                self._hand(handler, table, "insert", None, after, wall, commit)
+                self._hand(handler, table, "delete", old, before, None, wall, commit)
+                self._hand(handler, table, "insert", key, None, after, wall, commit)
             else:
-                self._hand(handler, table, op, before, after, wall, commit)
+                self._hand(handler, table, op, key, before, after, wall, commit)
         self.position = commit.position
         if commit.ddl:
             # The table's shape or rows changed without row events: read it again, then
             # its subscribers reload (the stream goes on).
-            self.tables = await asyncio.to_thread(self._reinspect)
+            _, self.tables, _ = await asyncio.to_thread(self._inspect)
             for name in commit.ddl:
                 self._announce_lost(self.names[name],
                                     f"DDL on {self.schema}.{name}: {commit.query[:200]}")
 
-    def _reinspect(self) -> dict[str, Table]:
-        return self._inspect()[1]
-
-    def _hand(self, handler: ChangeHandler, table: Table, op: str, before: Document | None,
-              after: Document | None, wall: dt.datetime, commit: _Commit) -> None:
-        key = table.key(after if after is not None else before)  # type: ignore[arg-type]
+    def _hand(self, handler: ChangeHandler, table: Table, op: str, key: Any,
+              before: Document | None, after: Document | None, wall: dt.datetime,
+              commit: _Commit) -> None:
         raw: Document = {"operationType": op, "documentKey": {"_id": key},
                          "fullDocument": after, "fullDocumentBeforeChange": before,
                          "wallTime": wall, "_id": commit.position}

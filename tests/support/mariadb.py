@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +117,3 @@ class MariaDB:
             cur.execute(sql)
             return list(cur.fetchall())
 
-
-@contextlib.contextmanager
-def running(root: Path, port: int) -> Iterator[MariaDB]:
-    server = MariaDB(root, port)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
