@@ -52,11 +52,12 @@ class MemoryWire:
 
     def __init__(self) -> None:
         self.on_drain: Callable[[], None] | None = None
+        self.open = True
         self.written = 0
         self.writes = 0
 
     def frames_open(self) -> bool:
-        return True
+        return self.open
 
     def paused(self) -> bool:
         return False
@@ -64,6 +65,14 @@ class MemoryWire:
     def write_frames(self, data: bytes) -> None:
         self.written += len(data)
         self.writes += 1
+
+    def try_write(self, data: bytes) -> bool:
+        # As the server's protocol does: one check of its state, then the write itself.
+        if not self.open:
+            return False
+        self.written += len(data)
+        self.writes += 1
+        return True
 
     def abort(self) -> None:
         raise RuntimeError("not expected")

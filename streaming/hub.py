@@ -182,15 +182,35 @@ class Outlet(Protocol):
         """What waits in this member's own backlog (its lag)."""
 
 
+# An outlet class may offer ``deliver_each(subs, batch, seq) -> int`` (a static method):
+# hand one group's whole batch to each of these subscriptions, all of whose outlets are of
+# that class, and say how many took it. The hub calls it for a group whose batch goes to
+# every member whole (the broadcast case), so the outlet can build its bytes once and write
+# them member by member in one tight loop instead of one ``deliver`` call each.
+DeliverEach = Callable[[list["Subscription"], "Batch", int], int]
+
+
+def deliver_each(subs: list[Subscription], batch: Batch, seq: int) -> int:
+    """The generic ``deliver_each``: each member's outlet is handed the batch on its own."""
+    delivered = 0
+    for sub in subs:
+        outlet = sub.subscriber.outlet
+        if sub.active and outlet is not None:
+            outlet.deliver([(sub, batch)], seq)
+            delivered += 1
+    return delivered
+
+
 class Subscription:
     """A collection, an optional ``where`` filter and a mandatory restriction."""
 
-    __slots__ = ("active", "collection", "context", "group", "id", "restriction",
+    __slots__ = ("active", "collection", "context", "group", "id", "outlet", "restriction",
                  "restriction_fields", "since", "subscriber", "where")
 
     def __init__(self, subscriber: Subscriber, sub_id: str, collection: str,
                  where: Filter | None, restriction: dict[str, Any] | None) -> None:
         self.subscriber = subscriber
+        self.outlet = subscriber.outlet
         self.id = sub_id
         self.collection = collection
         self.where = where
@@ -220,8 +240,8 @@ class Group:
     """Subscriptions with the same collection, ``where`` and restriction: a change is
     routed once for all of them."""
 
-    __slots__ = ("collection", "key", "pending", "pulled", "pushed", "repeated",
-                 "restriction", "restriction_fields", "subscribers", "where")
+    __slots__ = ("collection", "joined", "key", "kinds", "pending", "pulled", "pushed",
+                 "repeated", "restriction", "restriction_fields", "subscribers", "where")
 
     def __init__(self, key: tuple[Hashable, ...], first: Subscription) -> None:
         self.key = key
@@ -236,12 +256,19 @@ class Group:
         # none has, a pass with only this group's batch writes each member on its own.
         self.subscribers: dict[Subscriber, int] = {}
         self.repeated = 0
+        # Push members by their outlet's class (each class may write its members together),
+        # and the newest ``since`` among them: a batch that begins after it goes to every
+        # member whole, with no member to trim it for.
+        self.kinds: dict[type, dict[Subscription, None]] = {}
+        self.joined = 0
 
     def __len__(self) -> int:
         return len(self.pulled) + len(self.pushed)
 
     def push(self, sub: Subscription) -> None:
         self.pushed[sub] = None
+        self.kinds.setdefault(type(sub.subscriber.outlet), {})[sub] = None
+        self.joined = max(self.joined, sub.since)
         count = self.subscribers.get(sub.subscriber, 0) + 1
         self.subscribers[sub.subscriber] = count
         if count == 2:
@@ -251,6 +278,12 @@ class Group:
         if sub not in self.pushed:
             return
         del self.pushed[sub]
+        kind = type(sub.subscriber.outlet)
+        same = self.kinds.get(kind)
+        if same is not None:
+            same.pop(sub, None)
+            if not same:
+                del self.kinds[kind]
         count = self.subscribers.pop(sub.subscriber, 1) - 1
         if count:
             self.subscribers[sub.subscriber] = count
@@ -472,21 +505,23 @@ def _index_key(group: Group) -> tuple[str | None, frozenset[Any]]:
 class _Pass:
     """One fan-out pass being written: each push member's part, and how far it got."""
 
-    __slots__ = ("batches", "items", "members", "next", "seq")
+    __slots__ = ("batches", "items", "next", "runs", "seq", "size")
 
     def __init__(self, items: list[tuple[Subscriber, list[tuple[Subscription, Batch]]]],
                  seq: int, batches: list[Batch],
-                 members: list[Subscription] | None = None) -> None:
+                 runs: list[tuple[DeliverEach, list[Subscription]]] | None = None) -> None:
         self.items = items
         self.seq = seq
         self.batches = batches
-        # One group's batch whose members are each a different subscriber: written member
-        # by member, with nothing to merge per subscriber (items is then empty).
-        self.members = members
+        # One group's batch that every member gets whole, each member a different
+        # subscriber: written by each outlet class's ``deliver_each`` over its members, with
+        # nothing to merge per subscriber (items is then empty).
+        self.runs = runs
+        self.size = len(items) if runs is None else sum(len(subs) for _, subs in runs)
         self.next = 0
 
     def __len__(self) -> int:
-        return len(self.items) if self.members is None else len(self.members)
+        return self.size
 
 
 class Hub:
@@ -728,8 +763,8 @@ class Hub:
         size = len(current)
         end = size if limit is None else min(size, current.next + limit)
         seq = current.seq
-        if current.members is not None:
-            self._write_members(current, end)
+        if current.runs is not None:
+            self._write_runs(current, end)
         else:
             items = current.items
             for n in range(current.next, end):
@@ -749,35 +784,32 @@ class Hub:
                     if delivery.event is not None:
                         metrics.delivery.observe(max(0.0, now - delivery.event.at))
 
-    def _write_members(self, current: _Pass, end: int) -> None:
-        batch, seq = current.batches[0], current.seq
-        first, size = batch.first_seq, batch.size
-        members = current.members
-        assert members is not None
-        delivered = 0
-        for n in range(current.next, end):
-            sub = members[n]
-            subscriber = sub.subscriber
-            if subscriber.closed or subscriber.outlet is None or not sub.active:
-                continue
-            if sub.since >= first:  # it joined or replayed while the batch was pending
-                newer = batch.after(sub.since)
-                if newer is not None:
-                    delivered += newer.size
-                    subscriber.outlet.deliver([(sub, newer)], seq)
-                continue
-            delivered += size
-            subscriber.outlet.deliver([(sub, batch)], seq)
-        self.metrics.deliveries += delivered
+    def _write_runs(self, current: _Pass, end: int) -> None:
+        batch, seq, done = current.batches[0], current.seq, current.next
+        assert current.runs is not None
+        delivered = start = 0
+        for write, subs in current.runs:
+            stop = start + len(subs)
+            if stop > done and start < end:
+                if start >= done and stop <= end:
+                    delivered += write(subs, batch, seq)
+                else:
+                    delivered += write(subs[max(done, start) - start:min(end, stop) - start],
+                                       batch, seq)
+            start = stop
+        self.metrics.deliveries += delivered * batch.size
 
     def _start_pass(self) -> _Pass:
         dirty, self._dirty = self._dirty, {}
         if len(dirty) == 1:
             (group,) = dirty
-            if group.pending and not group.repeated:
-                batch = Batch(group.pending)
+            pending = group.pending
+            if pending and not group.repeated and pending[0].event is not None \
+                    and pending[0].event.seq > group.joined:
                 group.pending = []
-                return _Pass([], self._seq, [batch], list(group.pushed))
+                runs = [(getattr(kind, "deliver_each", deliver_each), list(subs))
+                        for kind, subs in group.kinds.items()]
+                return _Pass([], self._seq, [Batch(pending)], runs)
         members: dict[Subscriber, list[tuple[Subscription, Batch]]] = {}
         batches: list[Batch] = []
         delivered = 0

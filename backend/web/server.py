@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -63,6 +64,20 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+def _clearing(name: str) -> Any:
+    """A flag of uvicorn's protocol whose setting clears ``FrameProtocol._clear``."""
+    attr = "_" + name
+
+    def get(self: FrameProtocol) -> bool:
+        return bool(getattr(self, attr, False))
+
+    def set_(self: FrameProtocol, value: bool) -> None:
+        setattr(self, attr, value)
+        self._clear = False
+
+    return property(get, set_)
+
+
 class FrameProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, offering the app a ``Wire``: frames the app
     built once are written straight to this connection's transport (a per-client ASGI
@@ -71,6 +86,14 @@ class FrameProtocol(WebSocketsSansIOProtocol):
     pause and resume it passes on (``paused``, ``on_drain``)."""
 
     on_drain: Callable[[], None] | None = None
+    # ``frames_open() and not paused()`` as last found true, until something happens that
+    # could change it: ``try_write`` is then one check and a write (it runs once per member per
+    # fan-out pass). Whatever can close or pause the connection clears it: a close sent
+    # (``close_sent``), a disconnection, a pause, any received data (a close frame), an
+    # abort; a transport closed by uvicorn is seen by ``is_closing`` on every write.
+    _clear = False
+    close_sent = _clearing("close_sent")
+    disconnected = _clearing("disconnected")
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -88,8 +111,28 @@ class FrameProtocol(WebSocketsSansIOProtocol):
     def write_frames(self, data: bytes) -> None:
         self.transport.write(data)
 
+    def try_write(self, data: bytes) -> bool:
+        if not self._clear:
+            if not self.frames_open() or self.paused():
+                return False
+            self._clear = True
+        elif self.transport.is_closing():
+            self._clear = False
+            return False
+        self.transport.write(data)
+        return True
+
     def abort(self) -> None:
+        self._clear = False
         self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self._clear = False
+        super().data_received(data)
+
+    def pause_writing(self) -> None:
+        self._clear = False
+        super().pause_writing()
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -97,6 +140,7 @@ class FrameProtocol(WebSocketsSansIOProtocol):
             self.on_drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._clear = False
         self.on_drain = None
         super().connection_lost(exc)
 

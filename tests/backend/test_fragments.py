@@ -11,7 +11,7 @@ import pytest
 
 from backend.domain.analytics import hourly_trend, trend
 from backend.domain.users import User
-from backend.web.live.frames import frame_payloads
+from backend.web.live.frames import BasicWire, frame_payloads
 from backend.web.live.page_socket import PageOutlet, coalesced
 from backend.web.pages.fragments import Fragments, dom_id, money, stock_level
 from backend.web.pages.templates import make_templates
@@ -217,7 +217,7 @@ def test_hourly_trend_covers_fourteen_days_hour_by_hour() -> None:
     assert [b - a for a, b in itertools.pairwise(xs)] == [3600] * (14 * 24 - 1)
 
 
-class Wire:
+class Wire(BasicWire):
     """A socket that takes everything (what the outlet wrote, as frame payloads)."""
 
     on_drain = None

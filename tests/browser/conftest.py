@@ -13,7 +13,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.web.live.frames import WIRE_EXTENSION
+from backend.web.live.frames import WIRE_EXTENSION, BasicWire
 from backend.web.pages.fragments import dom_id
 from tests.support.server import Captured, serve_site
 
@@ -42,7 +42,7 @@ class Site:
                 and c.view.user.email == email]
 
 
-class MutableWire:
+class MutableWire(BasicWire):
     """The protocol's frame writer, passing frames on until its socket is muted."""
 
     def __init__(self, wire: Any, muted: set[object], token: object) -> None:

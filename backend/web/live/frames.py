@@ -77,11 +77,34 @@ class Wire(Protocol):
     def write_frames(self, data: bytes) -> None:
         """Write complete frames."""
 
+    def try_write(self, data: bytes) -> bool:
+        """Write complete frames if the wire takes them now (open, not paused); False,
+        writing nothing, if it does not."""
+
     def abort(self) -> None:
         """Drop the connection now."""
 
 
-class AsgiWire:
+class BasicWire:
+    """A ``Wire``'s ``try_write`` from its other methods (``FrameProtocol`` has a faster one)."""
+
+    def frames_open(self) -> bool:
+        raise NotImplementedError
+
+    def paused(self) -> bool:
+        raise NotImplementedError
+
+    def write_frames(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def try_write(self, data: bytes) -> bool:
+        if not self.frames_open() or self.paused():
+            return False
+        self.write_frames(data)
+        return True
+
+
+class AsgiWire(BasicWire):
     """Frames sent through the ASGI interface by one task (any ASGI server)."""
 
     def __init__(self, websocket: WebSocket) -> None:
@@ -146,6 +169,7 @@ class SocketOutlet:
         self._backlog_bytes = 0
         self._backlog_changes = 0
         wire.on_drain = self.drain
+        self.try_write = wire.try_write
 
     def attach(self, subscriber: Subscriber) -> None:
         self.subscriber = subscriber
@@ -166,10 +190,9 @@ class SocketOutlet:
 
     def write(self, data: bytes, changes: int = 0) -> None:
         """Frames carrying ``changes`` changes (0: control frames, never dropped)."""
-        if not data or not self.wire.frames_open():
+        if not data or (not self._backlog and self.try_write(data)):
             return
-        if not self._backlog and not self.wire.paused():
-            self.wire.write_frames(data)
+        if not self.wire.frames_open():
             return
         if changes and (self._backlog_changes + changes > self.max_changes
                         or self._backlog_bytes + len(data) > self.max_bytes):

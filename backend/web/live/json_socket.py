@@ -10,6 +10,7 @@ part of the subscription (and of its group), so it costs no database read per ch
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from typing import Any
@@ -48,29 +49,59 @@ def _shared_bodies(batch: Batch) -> list[tuple[int, bytes]]:
     return bodies
 
 
+@functools.lru_cache(maxsize=4096)
+def _prefix_of(sub_id: str) -> bytes:
+    # One bytes object per id (while cached): members with the same id are told apart
+    # from the next one by identity in ``deliver_each``.
+    return b'{"type":"change","id":' + dumps(sub_id) + b","
+
+
 def _id_prefix(sub: Subscription) -> bytes:
     prefix: bytes | None = sub.context
     if prefix is None:
-        prefix = sub.context = b'{"type":"change","id":' + dumps(sub.id) + b","
+        prefix = sub.context = _prefix_of(sub.id)
     return prefix
+
+
+def _frames(batch: Batch, prefix: bytes) -> bytes:
+    """The batch's frames for subscriptions with this id prefix: members whose subscription
+    has the same id (every tab of one page does) get the very same bytes."""
+    frames: bytes | None = batch.encoded.get(prefix)
+    if frames is None:
+        frames = batch.encoded[prefix] = b"".join(
+            [text_frame(prefix + body) for _, body in _shared_bodies(batch)])
+    return frames
 
 
 class JsonOutlet(SocketOutlet):
     """The ``/ws`` contract's frames: one JSON message per frame, every change in seq order
     (a pass's frames for one connection go out in one write)."""
 
+    @staticmethod
+    def deliver_each(subs: list[Subscription], batch: Batch, seq: int) -> int:
+        """A group's whole batch to each of its ``/ws`` members (the broadcast case): the
+        frames are looked up once per id, and a member whose wire takes them at once costs
+        one write."""
+        size = batch.size
+        delivered = len(subs)
+        prefix = frames = b""
+        for sub in subs:
+            if not sub.active:
+                delivered -= 1
+                continue
+            if sub.context is not prefix:
+                prefix = sub.context or _id_prefix(sub)
+                frames = _frames(batch, prefix)
+            outlet: JsonOutlet = sub.outlet  # type: ignore[assignment]
+            if outlet._backlog or not outlet.try_write(frames):
+                outlet.write(frames, size)
+        return delivered
+
     def deliver(self, items: list[tuple[Subscription, Batch]], seq: int) -> None:
         if len(items) == 1:
             sub, batch = items[0]
             if sub.active:
-                # Members whose subscription has the same id (every tab of one page does)
-                # get the very same bytes: framed once per batch and id.
-                prefix = sub.context or _id_prefix(sub)
-                frames: bytes | None = batch.encoded.get(prefix)
-                if frames is None:
-                    frames = batch.encoded[prefix] = b"".join(
-                        [text_frame(prefix + body) for _, body in _shared_bodies(batch)])
-                self.write(frames, batch.size)
+                self.write(_frames(batch, sub.context or _id_prefix(sub)), batch.size)
             return
         ordered = sorted((at, text_frame(_id_prefix(sub) + body))
                          for sub, batch in items if sub.active
