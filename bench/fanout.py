@@ -43,6 +43,7 @@ from bench.site import (
     SUBSCRIBE_PRODUCTS,
     Site,
     cpu_seconds,
+    cpu_times,
     free_port,
     products_of,
     rss_kib,
@@ -147,14 +148,16 @@ async def run_point(target: Target, clients: int, rate: int, seconds: float, bas
         raise RuntimeError(f"the load generator did not connect: {ready!r}")
     await asyncio.sleep(1.0)  # let the connection burst settle before measuring
     rss_connected = rss_kib(pids)
-    cpu0 = cpu_seconds(pids)
+    user0, system0 = cpu_times(pids)
     db0 = cpu_seconds([target.database_pid]) if target.database_pid else 0.0
     wall0 = time.perf_counter()
     gen.stdin.write(b"go\n")
     await gen.stdin.drain()
     line = await asyncio.wait_for(gen.stdout.readline(), seconds + drain + 120)
     wall = time.perf_counter() - wall0
-    cpu = cpu_seconds(pids) - cpu0
+    user, system = cpu_times(pids)
+    user, system = user - user0, system - system0
+    cpu = user + system
     db = (cpu_seconds([target.database_pid]) - db0) if target.database_pid else None
     await gen.wait()
     result: dict[str, Any] = json.loads(line)
@@ -162,6 +165,9 @@ async def run_point(target: Target, clients: int, rate: int, seconds: float, bas
     result.update(
         server=target.name, server_cpu_share=round(cpu / wall, 3),
         server_cpu_us_per_delivery=round(cpu * 1e6 / deliveries, 2),
+        # Apart: the kernel's part is mostly the send of each frame, which any server pays.
+        server_user_us_per_delivery=round(user * 1e6 / deliveries, 2),
+        server_system_us_per_delivery=round(system * 1e6 / deliveries, 2),
         database_cpu_share=round(db / wall, 3) if db is not None else None,
         rss_per_connection_kib=round((rss_connected - rss_before) / clients, 1))
     return result
@@ -171,7 +177,8 @@ def _line(r: dict[str, Any]) -> str:
     return (f"{r['server']:>10} {r['clients']:>5} x {r['rate']:>3}/s: p50 {r['p50_ms']} p95 "
             f"{r['p95_ms']} p99 {r['p99_ms']} ms, lost {r['lost']}, applied "
             f"{r['applied_share']:.1%} (write p99 {r['write_p99_ms']} ms), "
-            f"{r['server_cpu_us_per_delivery']} µs/delivery, server cpu "
+            f"{r['server_cpu_us_per_delivery']} µs/delivery (user "
+            f"{r['server_user_us_per_delivery']}, system {r['server_system_us_per_delivery']}), server cpu "
             f"{r['server_cpu_share']:.0%}, loadgen cpu {r['loadgen_cpu_share']:.0%}, "
             f"{r['rss_per_connection_kib']} KiB/conn")
 

@@ -109,10 +109,15 @@ def family(pids: list[int]) -> list[int]:
     return found
 
 
+def cpu_times(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds of these processes and their descendants."""
+    stats = [f for pid in family(pids) if (f := _stat(pid)) is not None]
+    return sum(int(f[11]) for f in stats) / TICK, sum(int(f[12]) for f in stats) / TICK
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of these processes and their descendants."""
-    return sum((int(f[11]) + int(f[12])) / TICK for pid in family(pids)
-               if (f := _stat(pid)) is not None)
+    return sum(cpu_times(pids))
 
 
 def rss_kib(pids: list[int]) -> int:

@@ -46,8 +46,11 @@ from streaming.types import DeliveryOp, Document, OverflowPolicy
 
 ClockMs = Callable[[], int]
 
-# Members handed their part of a fan-out pass per event-loop turn.
-FANOUT_CHUNK = 256
+# Members handed their part of a fan-out pass per event-loop turn. Against 256, measured
+# alternately on one server pair (1,000 clients, 4 runs each): the same delivery latency
+# and CPU per delivery, and the admin's write p99 22 ms instead of 32 at 30 changes/s
+# (61 instead of 69 at 70/s): a turn of 128 socket writes is about 1 ms here.
+FANOUT_CHUNK = 128
 
 
 def _now_ms() -> int:

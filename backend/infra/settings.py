@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import secrets
@@ -57,6 +58,8 @@ class Settings:
     max_connections: int = 10_000
     max_connections_per_client: int = 500
     idle_socket_s: float = 60.0
+    # The event loop ``serve`` runs on: "auto" is uvloop where it is installed, else asyncio.
+    loop: str = "auto"
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -129,6 +132,7 @@ class Settings:
             max_connections_per_client=_int(env, "CHANGECAST_MAX_CONNECTIONS_PER_CLIENT", 500,
                                             low=1, high=1_000_000),
             idle_socket_s=_float(env, "CHANGECAST_IDLE_SOCKET_S", 60.0, 0.1, 86_400.0),
+            loop=_loop(env),
         )
 
 
@@ -210,6 +214,14 @@ def _choice(env: Mapping[str, str], name: str, default: str, options: tuple[str,
     if raw not in options:
         raise SettingsError(f"{name} must be one of {', '.join(options)}, got {raw!r}")
     return raw
+
+
+def _loop(env: Mapping[str, str]) -> str:
+    loop = _choice(env, "CHANGECAST_LOOP", "AUTO", ("AUTO", "UVLOOP", "ASYNCIO")).lower()
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise SettingsError("CHANGECAST_LOOP=uvloop, but uvloop is not installed "
+                            "(pip install uvloop, or use auto or asyncio)")
+    return loop
 
 
 def _stored_secret(data_dir: Path) -> str:

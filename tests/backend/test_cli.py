@@ -105,6 +105,7 @@ def test_serve_health_ok_then_ctrl_c_leaves_no_process(serving: Serving) -> None
     # Not a terminal: JSON lines, the banner's facts among them, no traceback.
     [ready] = [line for line in lines if line["message"].startswith("serving on http://")]
     assert ready["demo_admin"].startswith("admin@example.com") and "embedded" in ready["database"]
+    assert ready["loop"] == "uvloop"  # installed with uvicorn[standard]: the default
     assert lines[-1]["message"] == "ChangeCast stopped"
     access = [line for line in lines if line["logger"] == "uvicorn.access"]
     assert access and access[0]["path"] == "/api/health" and access[0]["status"] == 200

@@ -40,6 +40,7 @@ def test_settings_uri_turns_demo_off_and_requires_admin_password(tmp_path: Path)
     ("CHANGECAST_PAYMENT_LATENCY_MS", "800-100"),
     ("CHANGECAST_HEARTBEAT_S", "0"),
     ("CHANGECAST_HEARTBEAT_S", "often"),
+    ("CHANGECAST_LOOP", "trio"),
 ])
 def test_settings_invalid_value_names_the_variable(tmp_path: Path, name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):

@@ -171,3 +171,60 @@ async def test_a_pass_records_delivery_latency_once_per_change_and_counts_itself
     summary = hub.metrics.delivery.summary()
     assert summary.count == 1 and summary.p50 == 40
     assert hub.metrics.fanout_passes == 1
+
+
+class EachRecorder(Recorder):
+    """A recorder whose class takes a broadcast group's members in one call."""
+
+    calls: list[int] = []
+
+    @staticmethod
+    def deliver_each(subs: list[Subscription], batch: Batch, seq: int) -> int:
+        EachRecorder.calls.append(len(subs))
+        taken = 0
+        for sub in subs:
+            if sub.active:
+                outlet = sub.subscriber.outlet
+                assert isinstance(outlet, EachRecorder)
+                outlet.passes.append(([(sub, batch)], seq))
+                taken += 1
+        return taken
+
+
+async def test_a_broadcast_group_is_handed_to_each_outlet_class_in_one_call_per_turn() -> None:
+    EachRecorder.calls = []
+    hub = make_hub(fanout_chunk=100)
+    each = []
+    for _ in range(250):
+        outlet = EachRecorder()
+        hub.subscriber(outlet=outlet).subscribe("s", "products")
+        each.append(outlet)
+    plain = pushers(hub, 150)  # the same group, outlets without deliver_each
+    stock(hub, "p1", 5)
+    stock(hub, "p1", 4, before=5)
+    while hub.settled_seq < hub.seq:
+        await asyncio.sleep(0)
+    # 400 members in turns of 100: the 250 of one class in three calls, none of them
+    # longer than a turn, then the others one by one.
+    assert EachRecorder.calls == [100, 100, 50]
+    assert all(outlet.seqs() == [1, 2] for outlet in each)
+    assert all(outlet.seqs() == [1, 2] for _, outlet in plain)
+    assert hub.metrics.deliveries == 800 and hub.metrics.fanout_passes == 1
+
+
+async def test_a_member_that_leaves_during_a_pass_is_handed_nothing_more() -> None:
+    EachRecorder.calls = []
+    hub = make_hub(fanout_chunk=10)
+    members = []
+    for _ in range(35):
+        outlet = EachRecorder()
+        subscriber = hub.subscriber(outlet=outlet)
+        subscriber.subscribe("s", "products")
+        members.append((subscriber, outlet))
+    stock(hub, "p1", 5)
+    await asyncio.sleep(0)  # the first 10 members
+    members[20][0].close()
+    while hub.settled_seq < hub.seq:
+        await asyncio.sleep(0)
+    assert [n for n, (_, outlet) in enumerate(members) if not outlet.passes] == [20]
+    assert hub.metrics.deliveries == 34
