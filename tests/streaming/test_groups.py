@@ -41,10 +41,11 @@ def stock(hub: Hub, key: str, value: int, before: int | None = None) -> None:
                 before=old, changes=None)
 
 
-def pushers(hub: Hub, count: int, **subscribe: Any) -> list[tuple[Subscriber, Recorder]]:
+def pushers(hub: Hub, count: int, kind: type[Recorder] = Recorder,
+            **subscribe: Any) -> list[tuple[Subscriber, Recorder]]:
     found = []
     for _ in range(count):
-        outlet = Recorder()
+        outlet = kind()
         subscriber = hub.subscriber(outlet=outlet)
         subscriber.subscribe("s", "products", **subscribe)
         found.append((subscriber, outlet))
@@ -194,11 +195,7 @@ class EachRecorder(Recorder):
 async def test_a_broadcast_group_is_handed_to_each_outlet_class_in_one_call_per_turn() -> None:
     EachRecorder.calls = []
     hub = make_hub(fanout_chunk=100)
-    each = []
-    for _ in range(250):
-        outlet = EachRecorder()
-        hub.subscriber(outlet=outlet).subscribe("s", "products")
-        each.append(outlet)
+    each = [outlet for _, outlet in pushers(hub, 250, EachRecorder)]
     plain = pushers(hub, 150)  # the same group, outlets without deliver_each
     stock(hub, "p1", 5)
     stock(hub, "p1", 4, before=5)
@@ -215,12 +212,7 @@ async def test_a_broadcast_group_is_handed_to_each_outlet_class_in_one_call_per_
 async def test_a_member_that_leaves_during_a_pass_is_handed_nothing_more() -> None:
     EachRecorder.calls = []
     hub = make_hub(fanout_chunk=10)
-    members = []
-    for _ in range(35):
-        outlet = EachRecorder()
-        subscriber = hub.subscriber(outlet=outlet)
-        subscriber.subscribe("s", "products")
-        members.append((subscriber, outlet))
+    members = pushers(hub, 35, EachRecorder)
     stock(hub, "p1", 5)
     await asyncio.sleep(0)  # the first 10 members
     members[20][0].close()
