@@ -33,6 +33,15 @@ def _n(value: Any) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    """Server CPU per delivery, with its user and kernel parts when they were measured."""
+    text = f"{row['server_cpu_us_per_delivery']} µs"
+    if row.get("server_user_us_per_delivery") is not None:
+        text += (f" ({row['server_user_us_per_delivery']} user, "
+                 f"{row['server_system_us_per_delivery']} kernel)")
+    return text
+
+
 def rows() -> list[tuple[str, str, str, str]]:
     out: list[tuple[str, str, str, str]] = []
     propagation = _load("propagation")
@@ -79,15 +88,14 @@ def rows() -> list[tuple[str, str, str, str]]:
             same = {r["server"]: r for r in points
                     if (r["clients"], r["rate"]) == (ours["clients"], ours["rate"])}
             base = [f"{label}: p50 {_ms(same[name]['p50_ms'])}, p99 {_ms(same[name]['p99_ms'])}, "
-                    f"{same[name]['server_cpu_us_per_delivery']} µs/delivery"
+                    f"{_cpu(same[name])}/delivery"
                     for name, label in (("bare", "bare Node ws broadcast"),
                                         ("naive", "naive Starlette broadcast")) if name in same]
             out.append((f"write → client, {ours['clients']:,} clients \u00d7 {ours['rate']} changes/s",
                         f"p50 {_ms(ours['p50_ms'])}, p95 {_ms(ours['p95_ms'])}, p99 "
                         f"{_ms(ours['p99_ms'])}; {ours['lost']} lost; "
                         f"{100 * ours['applied_share']:.1f} % of writes applied (p99 "
-                        f"{_ms(ours['write_p99_ms'])}); {ours['server_cpu_us_per_delivery']} "
-                        f"µs server CPU/delivery",
+                        f"{_ms(ours['write_p99_ms'])}); {_cpu(ours)} server CPU/delivery",
                         "; ".join(base) + f" (load generator CPU "
                         f"{100 * ours['loadgen_cpu_share']:.0f} % of a core)",
                         "`python -m bench.fanout`"))
