@@ -197,7 +197,7 @@ def deliver_each(subs: list[Subscription], batch: Batch, seq: int) -> int:
     """The generic ``deliver_each``: each member's outlet is handed the batch on its own."""
     delivered = 0
     for sub in subs:
-        outlet = sub.subscriber.outlet
+        outlet = sub.outlet
         if sub.active and outlet is not None:
             outlet.deliver([(sub, batch)], seq)
             delivered += 1
@@ -213,7 +213,7 @@ class Subscription:
     def __init__(self, subscriber: Subscriber, sub_id: str, collection: str,
                  where: Filter | None, restriction: dict[str, Any] | None) -> None:
         self.subscriber = subscriber
-        self.outlet = subscriber.outlet
+        self.outlet = subscriber.outlet  # the subscriber's, read once per member and pass
         self.id = sub_id
         self.collection = collection
         self.where = where
@@ -270,7 +270,7 @@ class Group:
 
     def push(self, sub: Subscription) -> None:
         self.pushed[sub] = None
-        self.kinds.setdefault(type(sub.subscriber.outlet), {})[sub] = None
+        self.kinds.setdefault(type(sub.outlet), {})[sub] = None
         self.joined = max(self.joined, sub.since)
         count = self.subscribers.get(sub.subscriber, 0) + 1
         self.subscribers[sub.subscriber] = count
@@ -281,7 +281,7 @@ class Group:
         if sub not in self.pushed:
             return
         del self.pushed[sub]
-        kind = type(sub.subscriber.outlet)
+        kind = type(sub.outlet)
         same = self.kinds.get(kind)
         if same is not None:
             same.pop(sub, None)
