@@ -187,9 +187,10 @@ class Outlet(Protocol):
 
 # An outlet class may offer ``deliver_each(subs, batch, seq) -> int`` (a static method):
 # hand one group's whole batch to each of these subscriptions, all of whose outlets are of
-# that class, and say how many took it. The hub calls it for a group whose batch goes to
-# every member whole (the broadcast case), so the outlet can build its bytes once and write
-# them member by member in one tight loop instead of one ``deliver`` call each.
+# that class, and say how many took it. The hub calls it for the members of a group that
+# get its batch whole and have no other part in the pass (the broadcast case: a thousand
+# pages on one product grid), so the outlet can build its bytes once and write them member
+# by member in one tight loop instead of one ``deliver`` call each.
 DeliverEach = Callable[[list["Subscription"], "Batch", int], int]
 
 
@@ -244,7 +245,7 @@ class Group:
     routed once for all of them."""
 
     __slots__ = ("collection", "joined", "key", "kinds", "pending", "pulled", "pushed",
-                 "repeated", "restriction", "restriction_fields", "subscribers", "where")
+                 "repeats", "restriction", "restriction_fields", "subscribers", "where")
 
     def __init__(self, key: tuple[Hashable, ...], first: Subscription) -> None:
         self.key = key
@@ -255,10 +256,11 @@ class Group:
         self.pulled: dict[Subscription, None] = {}
         self.pushed: dict[Subscription, None] = {}
         self.pending: list[Delivery] = []
-        # Push members per subscriber, and how many subscribers have two or more here: while
-        # none has, a pass with only this group's batch writes each member on its own.
+        # Push members per subscriber, and the subscribers with two or more here (an admin's
+        # page holds two subscriptions on products): those get one merged hand-over per
+        # pass, every other member is written on its own.
         self.subscribers: dict[Subscriber, int] = {}
-        self.repeated = 0
+        self.repeats: dict[Subscriber, None] = {}
         # Push members by their outlet's class (each class may write its members together),
         # and the newest ``since`` among them: a batch that begins after it goes to every
         # member whole, with no member to trim it for.
@@ -275,7 +277,7 @@ class Group:
         count = self.subscribers.get(sub.subscriber, 0) + 1
         self.subscribers[sub.subscriber] = count
         if count == 2:
-            self.repeated += 1
+            self.repeats[sub.subscriber] = None
 
     def unpush(self, sub: Subscription) -> None:
         if sub not in self.pushed:
@@ -291,7 +293,7 @@ class Group:
         if count:
             self.subscribers[sub.subscriber] = count
         if count == 1:
-            self.repeated -= 1
+            self.repeats.pop(sub.subscriber, None)
 
     def route(self, event: ChangeEvent) -> Delivery | None:
         return route(event, self.where, self.restriction)
@@ -506,25 +508,50 @@ def _index_key(group: Group) -> tuple[str | None, frozenset[Any]]:
 
 
 class _Pass:
-    """One fan-out pass being written: each push member's part, and how far it got."""
+    """One fan-out pass being written: each push member's part, and how far it got.
+
+    ``items`` are the members handed several parts at once (a subscriber with two or more
+    subscriptions in this pass, or a part trimmed for a member that joined mid-way), each
+    merged by its outlet's ``deliver``; ``runs`` are the rest: per group and outlet class,
+    members that each get that group's batch whole, written by the class's
+    ``deliver_each``. Members are written items first, then runs, ``limit`` per turn."""
 
     __slots__ = ("batches", "items", "next", "runs", "seq", "size")
 
     def __init__(self, items: list[tuple[Subscriber, list[tuple[Subscription, Batch]]]],
                  seq: int, batches: list[Batch],
-                 runs: list[tuple[DeliverEach, list[Subscription]]] | None = None) -> None:
+                 runs: list[tuple[DeliverEach, list[Subscription], Batch]]) -> None:
         self.items = items
         self.seq = seq
         self.batches = batches
-        # One group's batch that every member gets whole, each member a different
-        # subscriber: written by each outlet class's ``deliver_each`` over its members, with
-        # nothing to merge per subscriber (items is then empty).
         self.runs = runs
-        self.size = len(items) if runs is None else sum(len(subs) for _, subs in runs)
+        self.size = len(items) + sum(len(subs) for _, subs, _ in runs)
         self.next = 0
 
     def __len__(self) -> int:
         return self.size
+
+
+def _merged_subscribers(groups: list[Group]) -> dict[Subscriber, None] | set[Subscriber]:
+    """The subscribers with two or more push members among these groups: each gets one
+    merged hand-over. Only the smaller groups are walked; the largest (the thousand portal
+    pages on ``products``) is asked by lookup, so a broadcast costs nothing per member here."""
+    if len(groups) == 1:
+        return groups[0].repeats
+    largest = max(groups, key=lambda g: len(g.pushed))
+    merged = set(largest.repeats)
+    seen: set[Subscriber] = set()
+    within = largest.subscribers
+    for group in groups:
+        if group is largest:
+            continue
+        for sub in group.pushed:
+            subscriber = sub.subscriber
+            if subscriber in seen or subscriber in within:
+                merged.add(subscriber)
+            else:
+                seen.add(subscriber)
+    return merged
 
 
 class Hub:
@@ -766,14 +793,15 @@ class Hub:
         size = len(current)
         end = size if limit is None else min(size, current.next + limit)
         seq = current.seq
-        if current.runs is not None:
-            self._write_runs(current, end)
-        else:
-            items = current.items
-            for n in range(current.next, end):
+        items = current.items
+        done = current.next
+        if done < len(items):
+            for n in range(done, min(end, len(items))):
                 subscriber, parts = items[n]
                 if not subscriber.closed and subscriber.outlet is not None:
                     subscriber.outlet.deliver(parts, seq)
+        if end > len(items):
+            self._write_runs(current, max(0, done - len(items)), end - len(items))
         current.next = end
         if end >= size:
             self._pass = None
@@ -787,57 +815,62 @@ class Hub:
                     if delivery.event is not None:
                         metrics.delivery.observe(max(0.0, now - delivery.event.at))
 
-    def _write_runs(self, current: _Pass, end: int) -> None:
-        batch, seq, done = current.batches[0], current.seq, current.next
-        assert current.runs is not None
+    def _write_runs(self, current: _Pass, done: int, end: int) -> None:
+        """Runs' members from ``done`` to ``end`` (counted over the runs alone)."""
+        seq = current.seq
         delivered = start = 0
-        for write, subs in current.runs:
+        for write, subs, batch in current.runs:
             stop = start + len(subs)
             if stop > done and start < end:
                 if start >= done and stop <= end:
-                    delivered += write(subs, batch, seq)
+                    taken = write(subs, batch, seq)
                 else:
-                    delivered += write(subs[max(done, start) - start:min(end, stop) - start],
-                                       batch, seq)
+                    taken = write(subs[max(done, start) - start:min(end, stop) - start],
+                                  batch, seq)
+                delivered += taken * batch.size
             start = stop
-        self.metrics.deliveries += delivered * batch.size
+        self.metrics.deliveries += delivered
 
     def _start_pass(self) -> _Pass:
         dirty, self._dirty = self._dirty, {}
-        if len(dirty) == 1:
-            (group,) = dirty
-            pending = group.pending
-            if pending and not group.repeated and pending[0].event is not None \
-                    and pending[0].event.seq > group.joined:
-                group.pending = []
-                runs = [(getattr(kind, "deliver_each", deliver_each), list(subs))
-                        for kind, subs in group.kinds.items()]
-                return _Pass([], self._seq, [Batch(pending)], runs)
+        groups = [group for group in dirty if group.pending]
+        merged = _merged_subscribers(groups)
         members: dict[Subscriber, list[tuple[Subscription, Batch]]] = {}
+        runs: list[tuple[DeliverEach, list[Subscription], Batch]] = []
         batches: list[Batch] = []
         delivered = 0
-        for group in dirty:
-            if not group.pending:
-                continue
+        for group in groups:
             batch = Batch(group.pending)
             batches.append(batch)
             group.pending = []
             first = batch.first_seq
-            for sub in group.pushed:
-                part = batch
-                if sub.since >= first:  # it joined or replayed while the batch was pending
-                    newer = batch.after(sub.since)
-                    if newer is None:
-                        continue
-                    part = newer
-                delivered += part.size
-                parts = members.get(sub.subscriber)
-                if parts is None:
-                    members[sub.subscriber] = [(sub, part)]
+            # Some member joined or replayed while the batch was pending: it gets only the
+            # part after its ``since``.
+            late = first <= group.joined
+            for kind, subs in group.kinds.items():
+                if not merged and not late:
+                    whole = list(subs)
                 else:
-                    parts.append((sub, part))
+                    whole = []
+                    for sub in subs:
+                        part: Batch | None = batch
+                        if late and sub.since >= first:
+                            part = batch.after(sub.since)
+                        elif sub.subscriber not in merged:
+                            whole.append(sub)
+                            continue
+                        if part is None:
+                            continue
+                        delivered += part.size
+                        parts = members.get(sub.subscriber)
+                        if parts is None:
+                            members[sub.subscriber] = [(sub, part)]
+                        else:
+                            parts.append((sub, part))
+                if whole:
+                    runs.append((getattr(kind, "deliver_each", deliver_each), whole, batch))
         self.metrics.deliveries += delivered
-        return _Pass(list(members.items()), self._seq, batches)
+        return _Pass(list(members.items()), self._seq, batches, runs)
 
     def history_lost(self, collection: str, reason: str) -> int:
         """Tell every subscription of ``collection`` to resync; returns how many."""

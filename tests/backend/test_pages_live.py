@@ -229,11 +229,13 @@ async def test_live_portal_gets_its_own_changes_as_fragments_and_never_anothers(
     site: Site,
 ) -> None:
     admin = await site.client("admin@example.com")
-    ws = await site.live(A, "portal")
+    ws, other = await site.live(A, "portal"), await site.live(B, "portal")
     response = await admin.put("/api/products/SKU-BOO-002/stock", json={"stock": 4})
     assert response.status_code == 200
     html = await frame(ws, "product-SKU-BOO-002-live")
     assert 'data-stock="4"' in html and "Low stock" in html and SEQ.search(html)
+    # The product's frame is shared: both customers get the very same text.
+    assert await frame(other, "product-SKU-BOO-002-live") == html
     # Customer 02's new order must not reach customer 01; their own next change must.
     response = await admin.post("/api/orders", json={"user_id": B_ID, "items": [
         {"product_id": "SKU-BOO-003", "quantity": 1}]})
@@ -243,6 +245,16 @@ async def test_live_portal_gets_its_own_changes_as_fragments_and_never_anothers(
     html = await frame(ws, mine.json()["_id"])
     assert foreign_id not in html and 'data-upsert="afterbegin:#my-orders"' in html
     await ws.close()
+    # Every frame customer 02 gets up to a later change (after customer 01's order, so
+    # anything of 01's would be among them) shows 02's order and never 01's.
+    await admin.put("/api/products/SKU-BOO-002/stock", json={"stock": 5})
+    seen = []
+    async with asyncio.timeout(5):
+        while not seen or 'data-stock="5"' not in seen[-1]:
+            seen.append(str(await other.recv()))
+    assert any(foreign_id in text for text in seen)
+    assert not any(mine.json()["_id"] in text for text in seen)
+    await other.close()
 
 
 async def test_live_portal_resumes_from_its_seq_and_reloads_on_resync(site: Site) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -66,11 +67,32 @@ def coalesced(deliveries: list[Delivery]) -> list[Delivery]:
     return list(latest.values())
 
 
+_NO_KEY = object()
+
+
+@functools.lru_cache(maxsize=256)
+def _frame_key(view: str, sub_id: str) -> tuple[str, str]:
+    # One tuple per (page kind, subscription id): members of one kind are told apart from
+    # the next by identity in ``deliver_each``.
+    return (view, sub_id)
+
+
 class PageOutlet(SocketOutlet):
     """A page's frames: per group batch, one HTML frame of fragments rendered once for
     every page of the same kind; then the ``cc-seq`` marker. Re-reads (``resync``,
     ``reload``) need the database, so they are queued for the connection's task, and what
-    arrives meanwhile waits behind them."""
+    arrives meanwhile waits behind them.
+
+    What is shared, and why that is safe: a batch belongs to one subscription group, whose
+    key holds the collection, the ``where`` and the restriction, so a customer's own orders
+    and notifications (restricted to their user id) are a group of their own and their
+    fragments are rendered for that customer's pages alone. ``View.render`` reads nothing
+    but the delivery and the engine's cache (no user, no session, no search: the search is
+    the group's ``where``), so a frame is a function of (group's batch, kind of page,
+    subscription id, seq) and one rendering serves every member with that key: the product
+    cards all portal pages show, the admins' order rows and presence. The cart lives in
+    the browser's own form posts and is never in a pushed frame.
+    (``tests/backend/test_pages_live.py`` checks two customers' frames.)"""
 
     def __init__(self, wire: Wire, view: View) -> None:
         super().__init__(wire)
@@ -84,31 +106,64 @@ class PageOutlet(SocketOutlet):
             self._marker = (seq, text_frame(self.fragments.seq(seq).encode()))
         return self._marker[1]
 
-    def _fragments(self, batch: Batch, sub_id: str) -> bytes:
-        """The batch's fragments for subscription ``sub_id`` on this kind of page, rendered
+    def _key(self, sub: Subscription) -> tuple[str, str]:
+        key: tuple[str, str] | None = sub.context
+        if key is None:
+            key = sub.context = _frame_key(self.view.name, sub.id)
+        return key
+
+    def _fragments(self, batch: Batch, key: tuple[str, str]) -> bytes:
+        """The batch's fragments for subscription ``key[1]`` on this kind of page, rendered
         once for all of them."""
-        key = (self.view.name, sub_id)
         html: bytes | None = batch.encoded.get(key)
         if html is None:
             parts = [part for d in coalesced(batch.deliveries)
-                     for part in self.view.render(d.for_subscription(sub_id))]
+                     for part in self.view.render(d.for_subscription(key[1]))]
             html = batch.encoded[key] = "".join(parts).encode()
         return html
 
+    def _frame(self, batch: Batch, key: tuple[str, str], seq: int) -> bytes:
+        """The fragments and the marker in one frame, built once per key and pass (b"" when
+        the batch shows nothing on this kind of page)."""
+        frames: dict[tuple[str, str], bytes] | None = batch.encoded.get(seq)
+        if frames is None:
+            frames = batch.encoded[seq] = {}
+        frame = frames.get(key)
+        if frame is None:
+            html = self._fragments(batch, key)
+            frame = frames[key] = \
+                text_frame(html + self.fragments.seq(seq).encode()) if html else b""
+        return frame
+
+    @staticmethod
+    def deliver_each(subs: list[Subscription], batch: Batch, seq: int) -> int:
+        """A group's whole batch to each of its page members: the frame is looked up once
+        per kind of page and subscription id, and a member whose wire takes it at once
+        costs one write (as ``JsonOutlet.deliver_each``)."""
+        size = batch.size
+        delivered = len(subs)
+        key: object = _NO_KEY
+        frame = b""
+        for sub in subs:
+            if not sub.active:
+                delivered -= 1
+                continue
+            outlet: PageOutlet = sub.outlet  # type: ignore[assignment]
+            if sub.context is not key:
+                key = sub.context or outlet._key(sub)
+                frame = outlet._frame(batch, key, seq)
+            if frame and (outlet._backlog or not outlet.try_write(frame)):
+                outlet.write(frame, size)
+        return delivered
+
     def deliver(self, items: list[tuple[Subscription, Batch]], seq: int) -> None:
         """One frame: the fragments, then the marker (the contract's frame shape)."""
-        live = [(sub.id, batch) for sub, batch in items if sub.active]
+        live = [(sub, batch) for sub, batch in items if sub.active]
         if len(live) == 1:
-            sub_id, batch = live[0]
-            key = (self.view.name, sub_id, seq)
-            frame: bytes | None = batch.encoded.get(key)
-            if frame is None:
-                html = self._fragments(batch, sub_id)
-                frame = batch.encoded[key] = \
-                    text_frame(html + self.fragments.seq(seq).encode()) if html else b""
-            self.write(frame, len(batch))
+            sub, batch = live[0]
+            self.write(self._frame(batch, self._key(sub), seq), len(batch))
         elif live:
-            html = b"".join(self._fragments(batch, sub_id) for sub_id, batch in live)
+            html = b"".join(self._fragments(batch, self._key(sub)) for sub, batch in live)
             if html:
                 self.write(text_frame(html + self.fragments.seq(seq).encode()),
                            sum(len(batch) for _, batch in live))
