@@ -29,6 +29,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -133,14 +134,23 @@ async def changecast(cc: Site) -> Target:
 
 
 async def run_point(target: Target, clients: int, rate: int, seconds: float, base: int,
-                    drain: float) -> dict[str, Any]:
+                    drain: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One point; ``extra`` adds to the generator's config (see ``loadgen.js``)."""
     config = {"ws": target.ws, "origin": target.base, "subscribe": target.subscribe,
               "clients": clients, "rate": rate, "seconds": seconds, "drain": drain,
-              "base": base, "write": target.write}
+              "base": base, "write": target.write, **(extra or {})}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="loadgen-") as handle:
+        json.dump(config, handle)  # thousands of sockets' URLs do not fit a command line
+        handle.flush()
+        return await _run_point(target, clients, seconds, drain, "@" + handle.name)
+
+
+async def _run_point(target: Target, clients: int, seconds: float, drain: float,
+                     config: str) -> dict[str, Any]:
     pids = target.pids
     rss_before = rss_kib(pids)
     gen = await asyncio.create_subprocess_exec(
-        "node", str(NODE / "loadgen.js"), json.dumps(config), cwd=ROOT,
+        "node", str(NODE / "loadgen.js"), config, cwd=ROOT,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert gen.stdin is not None and gen.stdout is not None
     ready = await asyncio.wait_for(gen.stdout.readline(), 300)
