@@ -84,6 +84,7 @@ class ChangeEngine:
                  policy: OverflowPolicy = "coalesce",
                  checkpoints: CheckpointStore | None = None,
                  breaker: CircuitBreaker | None = None, idle_interval: float = 0.025,
+                 idle_max_interval: float = 1.0,
                  backoff_max: float = 5.0,
                  hidden: Mapping[str, Iterable[str]] | None = None,
                  full_document: FullDocument = "updateLookup") -> None:
@@ -91,6 +92,7 @@ class ChangeEngine:
             raise TypeError("ChangeEngine needs a MongoDB database or a source=, not both")
         if source is None:
             options = WatchOptions(mode=mode, idle_interval=idle_interval,
+                                   idle_max_interval=idle_max_interval,
                                    backoff_max=backoff_max, full_document=full_document)
             source = MongoSource(database, collections=collections, options=options,
                                  checkpoints=checkpoints)
@@ -147,6 +149,11 @@ class ChangeEngine:
     def nudge(self, collection: str | None = None) -> None:
         """Poll now: call right after this process writes (no-op for await mode)."""
         self.source.nudge(collection)
+
+    def wake(self, collection: str) -> None:
+        """Poll ``collection`` now without promising a change (any write of this process's
+        to it, seen by the driver: see ``backend.infra.database.WriteListener``)."""
+        self.source.wake(collection)
 
     def subscriber(self, *, maxsize: int | None = None, policy: OverflowPolicy | None = None,
                    outlet: Outlet | None = None) -> Subscriber:

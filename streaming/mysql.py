@@ -495,6 +495,9 @@ class MySQLSource:
     def nudge(self, collection: str | None = None) -> None:
         """Nothing to do: the server pushes binlog events as they commit."""
 
+    def wake(self, collection: str) -> None:
+        """Nothing to do: the server pushes binlog events as they commit."""
+
     def reset(self, reason: str) -> None:
         self._reset_reason = reason
         self._wakeup.set()

@@ -68,6 +68,10 @@ class Source(Protocol):
     def nudge(self, collection: str | None = None) -> None:
         """Look for changes now (this process just wrote); a no-op for pushed streams."""
 
+    def wake(self, collection: str) -> None:
+        """Look for changes now, without promising one (a write that may have changed
+        nothing); a no-op for pushed streams."""
+
     def reset(self, reason: str) -> None:
         """Distrust the history from here on: reopen from now, then subscribers resync."""
 
@@ -142,6 +146,11 @@ class MongoSource:
                 watcher.nudge()
         elif collection in self.watchers:
             self.watchers[collection].nudge()
+
+    def wake(self, collection: str) -> None:
+        watcher = self.watchers.get(collection)
+        if watcher is not None:
+            watcher.wake()
 
     def reset(self, reason: str) -> None:
         for watcher in self.watchers.values():

@@ -168,6 +168,10 @@ class WatchOptions:
 
     mode: WatchMode = "await"
     idle_interval: float = 0.025  # poll mode: how long to wait for a nudge between polls
+    # Poll mode, once quiet: after ``quiet_polls`` empty polls in a row the wait doubles per
+    # empty poll up to this; a change or a nudge (this process wrote) brings it back at once.
+    idle_max_interval: float = 1.0
+    quiet_polls: int = 40
     max_await_ms: int = 500  # await mode: the server blocks each getMore this long
     backoff_initial: float = 0.05
     backoff_max: float = 5.0
@@ -183,6 +187,11 @@ class WatchOptions:
     def __post_init__(self) -> None:
         if self.idle_interval <= 0 or self.idle_interval > 1:
             raise ValueError(f"idle_interval must be in (0, 1] seconds, got {self.idle_interval!r}")
+        if not self.idle_interval <= self.idle_max_interval <= 10:
+            raise ValueError("idle_max_interval must be from idle_interval to 10 seconds, got "
+                             f"{self.idle_max_interval!r}")
+        if self.quiet_polls < 0:
+            raise ValueError(f"quiet_polls must be >= 0, got {self.quiet_polls!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +251,7 @@ class CollectionWatcher:
         self._saved_at = 0.0
         self._unsaved_change = False
         self._nudged = asyncio.Event()
+        self._empty_polls = 0  # poll mode: in a row, since the last change or nudge
         full_name = getattr(collection, "full_name", None)
         self._db_name = full_name.split(".", 1)[0] if isinstance(full_name, str) else None
         self._watching = asyncio.Event()
@@ -261,10 +271,17 @@ class CollectionWatcher:
         self._nudged.set()
 
     def nudge(self) -> None:
-        """Poll now (called right after this process writes)."""
-        self._nudged.set()
+        """Poll now (called right after this process writes a change), and keep polling at
+        the busy pace for a while: more changes usually follow."""
+        self.wake()
         if self._nx is not None:
             self._nx.nudged()
+
+    def wake(self) -> None:
+        """As ``nudge``, without promising a change (a write that may have changed nothing:
+        silence after it is no sign of a dead stream)."""
+        self._empty_polls = 0
+        self._nudged.set()
 
     async def start(self, *, wait: bool = True, timeout: float = 15.0) -> None:
         """Start watching; with ``wait``, return once the stream is open."""
@@ -284,6 +301,16 @@ class CollectionWatcher:
         with contextlib.suppress(PyMongoError, BreakerOpenError):
             await self._checkpoint(force=True)
         self.state = WatcherState.STOPPED
+
+    def poll_wait(self) -> float:
+        """Poll mode: how long the next empty poll waits for a nudge. ``idle_interval``
+        while changes come; once ``quiet_polls`` polls found nothing, twice as long per
+        empty poll up to ``idle_max_interval``, so a quiet server costs next to nothing."""
+        options = self.options
+        quiet = self._empty_polls - options.quiet_polls
+        if quiet <= 0:
+            return options.idle_interval
+        return min(options.idle_max_interval, options.idle_interval * 2.0 ** min(quiet, 30))
 
     def lag_ms(self, now_ms: int | None = None) -> int | None:
         """Now minus the time of the last change seen."""
@@ -377,9 +404,11 @@ class CollectionWatcher:
                 await self._checkpoint(idle=True)
                 if self.mode == "poll":
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._nudged.wait(), self.options.idle_interval)
+                        await asyncio.wait_for(self._nudged.wait(), self.poll_wait())
+                    self._empty_polls += 1
                 continue
             batch += 1
+            self._empty_polls = 0
             if self._nx is not None:
                 self._nx.changed(change)
             self._check_namespace(change)

@@ -6,12 +6,18 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReadPreference, WriteConcern
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -29,6 +35,47 @@ POOL_SIZE = 64
 
 class DatabaseError(RuntimeError):
     """The database cannot be used; the message says why and what to do."""
+
+
+WRITE_COMMANDS = frozenset({"insert", "update", "delete", "findAndModify"})
+
+
+class WriteListener(CommandListener):
+    """Says which collection this process just wrote to, once the server acknowledged it.
+
+    On the embedded server a quiet change stream polls less and less often; every write
+    that goes through this client wakes its collection's watcher at once, whichever code
+    made it, so the first change after a quiet spell is not late (``engine.wake``).
+    The driver calls a listener on the event loop's thread, in the command's own path:
+    this only looks at two fields and calls ``on_write``."""
+
+    def __init__(self) -> None:
+        self.on_write: Callable[[str], None] | None = None
+        self._pending: dict[tuple[int, int], str] = {}
+
+    def started(self, event: CommandStartedEvent) -> None:
+        if self.on_write is not None and event.command_name in WRITE_COMMANDS:
+            collection = event.command.get(event.command_name)
+            if isinstance(collection, str):
+                self._pending[(event.request_id, event.operation_id or 0)] = collection
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        collection = self._pending.pop((event.request_id, event.operation_id or 0), None)
+        if collection is not None and self.on_write is not None and _wrote(event.reply):
+            self.on_write(collection)
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        self._pending.pop((event.request_id, event.operation_id or 0), None)
+
+
+def _wrote(reply: Document) -> bool:
+    """Whether a write command's reply says it changed a document (a refresh that matched
+    nothing, as presence's heartbeat with no admin online, wakes nobody). Unknown: yes."""
+    counted = reply.get("lastErrorObject", reply)  # findAndModify's, or the command's own
+    if not isinstance(counted, dict) or counted.get("upserted"):
+        return True
+    n = counted.get("nModified", counted.get("n"))
+    return not isinstance(n, int) or n > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +102,7 @@ class Database:
     instance_id: str
     embedded: EmbeddedServer | None = None
     features: ServerFeatures = ServerFeatures((), post_images=False)
+    writes: WriteListener = field(default_factory=WriteListener)
 
     async def ping(self, timeout: float = 1.0) -> bool:
         """True when the server answers ``ping`` within ``timeout`` seconds."""
@@ -74,10 +122,13 @@ def hosts_of(uri: str) -> str:
     return unquote(rest) or uri  # a socket path reads as a path
 
 
-def make_client(uri: str, *, selection_timeout_ms: int = 5_000) -> AsyncMongoClient[Document]:
-    """An async client with ChangeCast's pool and retry settings."""
+def make_client(uri: str, *, selection_timeout_ms: int = 5_000,
+                writes: WriteListener | None = None) -> AsyncMongoClient[Document]:
+    """An async client with ChangeCast's pool and retry settings (and ``writes`` told of
+    every acknowledged write)."""
     return AsyncMongoClient(
         uri,
+        event_listeners=[writes] if writes is not None else None,
         maxPoolSize=POOL_SIZE,
         retryWrites=True,
         retryReads=True,
@@ -158,7 +209,8 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
         uri = server.uri
     else:
         uri = str(settings.mongodb_uri)
-    client = make_client(uri)
+    writes = WriteListener()
+    client = make_client(uri, writes=writes)
     try:
         try:
             kind = await detect_kind(client)
@@ -197,7 +249,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
                     kind, hosts_of(uri), features.version_text,
                     "on" if features.post_images else "off")
         yield Database(client=client, db=db, kind=kind, instance_id=instance_id, embedded=server,
-                       features=features)
+                       features=features, writes=writes)
     finally:
         await client.close()
         if server is not None:

@@ -60,6 +60,10 @@ class Settings:
     idle_socket_s: float = 60.0
     # The event loop ``serve`` runs on: "auto" is uvloop where it is installed, else asyncio.
     loop: str = "auto"
+    # The embedded database (polled): how long a quiet change stream may wait between polls.
+    # This process's own writes wake it at once; another process's (a sibling of
+    # ``--workers``, a script) are seen within this after a quiet spell.
+    idle_poll_max_s: float = 1.0
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -133,6 +137,7 @@ class Settings:
                                             low=1, high=1_000_000),
             idle_socket_s=_float(env, "CHANGECAST_IDLE_SOCKET_S", 60.0, 0.1, 86_400.0),
             loop=_loop(env),
+            idle_poll_max_s=_float(env, "CHANGECAST_IDLE_POLL_MAX_S", 1.0, 0.025, 10.0),
         )
 
 

@@ -58,6 +58,7 @@ def build_engine(database: Database, settings: Settings) -> ChangeEngine:
         database.db, collections=COLLECTIONS,
         mode="poll" if database.kind == "embedded" else "await",
         cache_size=settings.cache_size, hidden=HIDDEN_FIELDS,
+        idle_max_interval=settings.idle_poll_max_s,
         full_document="whenAvailable" if database.features.post_images else "updateLookup",
         checkpoints=MongoCheckpoints(database.db.stream_checkpoints,
                                      instance_id=database.instance_id),
@@ -143,6 +144,9 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
             engine = build_engine(db, settings)
             await engine.start()
             stack.push_async_callback(engine.stop)
+            if db.kind == "embedded":  # polled streams: our own writes wake them at once
+                db.writes.on_write = engine.wake
+                stack.callback(setattr, db.writes, "on_write", None)
             if db.embedded is not None:
                 # NX-27017 was seen to rewind or skip its change log across a kill -9: after a
                 # restart every stream reopens from now and every subscriber resyncs.

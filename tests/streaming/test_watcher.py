@@ -301,3 +301,24 @@ async def test_watcher_saves_an_idle_streams_advancing_token_every_few_seconds()
     assert (await checkpoints.load("orders"))["_data"] > first["_data"]
     await h.watcher.stop()
     assert h.watcher.stats().checkpoint_age_s is not None
+
+
+def test_a_quiet_poll_mode_stream_backs_off_and_a_write_or_change_brings_it_back() -> None:
+    options = WatchOptions(mode="poll", idle_interval=0.025, idle_max_interval=1.0,
+                           quiet_polls=4)
+    watcher = CollectionWatcher(FakeCollection("products", []), handler=lambda *_: None,  # type: ignore[arg-type]
+                                on_history_lost=lambda *_: None, options=options)
+    waits = []
+    for _ in range(12):
+        waits.append(watcher.poll_wait())
+        watcher._empty_polls += 1  # as _consume counts an empty poll
+    assert waits[:5] == [0.025] * 5  # the busy pace while changes may still follow
+    assert waits[5:8] == [0.05, 0.1, 0.2] and waits[-1] == 1.0  # then doubling, capped
+    watcher.wake()  # this process wrote: at once, and the busy pace again
+    assert watcher._nudged.is_set() and watcher.poll_wait() == 0.025
+    assert watcher.stalls == 0
+
+
+def test_watch_options_refuse_a_quiet_cap_below_the_busy_pace() -> None:
+    with pytest.raises(ValueError, match="idle_max_interval"):
+        WatchOptions(mode="poll", idle_interval=0.1, idle_max_interval=0.05)
