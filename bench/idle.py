@@ -39,7 +39,7 @@ async def first_changes(cc: Site) -> list[tuple[float, float]]:
     product = (await products_of(cc))[0]
     admin = await cc.admin()
     try:
-        async with connect(cc.ws, origin=cc.base) as ws:
+        async with connect(cc.ws, origin=cc.base) as ws:  # type: ignore[arg-type]
             await ws.send(SUBSCRIBE_PRODUCTS)
             await ws.recv()  # subscribed
             found = []

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReadPreference, WriteConcern
@@ -68,11 +68,11 @@ class WriteListener(CommandListener):
         self._pending.pop((event.request_id, event.operation_id or 0), None)
 
 
-def _wrote(reply: Document) -> bool:
+def _wrote(reply: Mapping[str, Any]) -> bool:
     """Whether a write command's reply says it changed a document (a refresh that matched
     nothing, as presence's heartbeat with no admin online, wakes nobody). Unknown: yes."""
     counted = reply.get("lastErrorObject", reply)  # findAndModify's, or the command's own
-    if not isinstance(counted, dict) or counted.get("upserted"):
+    if not isinstance(counted, Mapping) or counted.get("upserted"):
         return True
     n = counted.get("nModified", counted.get("n"))
     return not isinstance(n, int) or n > 0
