@@ -225,16 +225,24 @@ def capacity(rows: list[dict[str, Any]], server: str, clients: int = 1000,
     return max(ok) if ok else None
 
 
-def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    def at(server: str, clients: int, rate: int) -> dict[str, Any] | None:
-        return next((r for r in rows if (r["server"], r["clients"], r["rate"])
-                     == (server, clients, rate)), None)
+def point(rows: list[dict[str, Any]], server: str, clients: int,
+          rate: int) -> dict[str, Any] | None:
+    """The row of ``server`` at ``clients`` x ``rate``, if it was measured."""
+    return next((r for r in rows if (r["server"], r["clients"], r["rate"])
+                 == (server, clients, rate)), None)
 
-    out: dict[str, Any] = {}
-    cc, bare = at("changecast", 1000, 30), at("bare", 1000, 30)
-    if cc and bare and bare["p50_ms"] and bare["p99_ms"]:
-        out["p50_ratio_vs_bare_1000x30"] = round(cc["p50_ms"] / bare["p50_ms"], 2)
-        out["p99_ratio_vs_bare_1000x30"] = round(cc["p99_ms"] / bare["p99_ms"], 2)
+
+def bare_ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """ChangeCast's p50 and p99 over the bare Node server's at 1,000 x 30/s (the goal)."""
+    cc, bare = point(rows, "changecast", 1000, 30), point(rows, "bare", 1000, 30)
+    if not (cc and bare and bare["p50_ms"] and bare["p99_ms"]):
+        return {}
+    return {"p50_ratio_vs_bare_1000x30": round(cc["p50_ms"] / bare["p50_ms"], 2),
+            "p99_ratio_vs_bare_1000x30": round(cc["p99_ms"] / bare["p99_ms"], 2)}
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out = bare_ratios(rows)
     caps = {s: capacity(rows, s) for s in SERVERS}
     out["capacity_1000_clients_p99_250ms"] = caps
     if caps["changecast"] and caps["bare"]:

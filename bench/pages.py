@@ -34,7 +34,16 @@ from urllib.parse import quote
 import httpx
 from websockets.asyncio.client import connect
 
-from bench.fanout import NODE, Target, _line, ensure_node, process, run_point
+from bench.fanout import (
+    NODE,
+    Target,
+    _line,
+    bare_ratios,
+    ensure_node,
+    point,
+    process,
+    run_point,
+)
 from bench.report import write
 from bench.site import Site, free_port, products_of, site
 
@@ -160,18 +169,11 @@ async def mixed_point(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    def at(server: str, clients: int, rate: int) -> dict[str, Any] | None:
-        return next((r for r in rows if (r["server"], r["clients"], r["rate"])
-                     == (server, clients, rate)), None)
-
-    out: dict[str, Any] = {}
-    cc, bare = at("changecast", 1000, 30), at("bare", 1000, 30)
-    if cc and bare and bare["p50_ms"] and bare["p99_ms"]:
-        out["p50_ratio_vs_bare_1000x30"] = round(cc["p50_ms"] / bare["p50_ms"], 2)
-        out["p99_ratio_vs_bare_1000x30"] = round(cc["p99_ms"] / bare["p99_ms"], 2)
-        out["applied_share_1000x30"] = cc["applied_share"]
-        out["lost_1000x30"] = cc["lost"]
-    big = at("changecast", 5000, 10)
+    out = bare_ratios(rows)
+    cc = point(rows, "changecast", 1000, 30)
+    if cc:
+        out["applied_share_1000x30"], out["lost_1000x30"] = cc["applied_share"], cc["lost"]
+    big = point(rows, "changecast", 5000, 10)
     if big:
         out["lost_5000x10"], out["p99_ms_5000x10"] = big["lost"], big["p99_ms"]
     return out
