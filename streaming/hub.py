@@ -795,11 +795,10 @@ class Hub:
         seq = current.seq
         items = current.items
         done = current.next
-        if done < len(items):
-            for n in range(done, min(end, len(items))):
-                subscriber, parts = items[n]
-                if not subscriber.closed and subscriber.outlet is not None:
-                    subscriber.outlet.deliver(parts, seq)
+        for n in range(done, min(end, len(items))):
+            subscriber, parts = items[n]
+            if not subscriber.closed and subscriber.outlet is not None:
+                subscriber.outlet.deliver(parts, seq)
         if end > len(items):
             self._write_runs(current, max(0, done - len(items)), end - len(items))
         current.next = end
