@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from typing import Any
 
@@ -322,3 +323,68 @@ def test_a_quiet_poll_mode_stream_backs_off_and_a_write_or_change_brings_it_back
 def test_watch_options_refuse_a_quiet_cap_below_the_busy_pace() -> None:
     with pytest.raises(ValueError, match="idle_max_interval"):
         WatchOptions(mode="poll", idle_interval=0.1, idle_max_interval=0.05)
+
+
+class ReadsInBatches:
+    """A change stream whose server hands over changes a batch per read, kept in a driver
+    buffer as PyMongo keeps them (``_cursor._data``); every read is logged."""
+
+    def __init__(self, reads: list[list[dict[str, Any]]], log: list[str]) -> None:
+        self.reads = list(reads)
+        self.log = log
+        self._cursor = type("Cursor", (), {})()
+        self._cursor._data = collections.deque()  # type: ignore[attr-defined]
+        self.resume_token: Any = None
+        self.alive = True
+
+    async def try_next(self) -> dict[str, Any] | None:
+        data = self._cursor._data  # type: ignore[attr-defined]
+        if not data:
+            if not self.reads:
+                await asyncio.Event().wait()  # await mode: the server holds the read
+            self.log.append("read")
+            data.extend(self.reads.pop(0))
+        item: dict[str, Any] = data.popleft()
+        self.resume_token = item["_id"]
+        return item
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_the_fan_out_of_a_read_goes_out_before_the_next_read() -> None:
+    """What a read brought is handed over together (one fan-out pass), and that pass runs
+    before the watcher sends its next read: the write's frame is not held behind it."""
+    log: list[str] = []
+    stream = ReadsInBatches([[change(1), change(2)], [change(3)]], log)
+
+    class Collection:
+        name = "orders"
+
+        async def watch(self, **kwargs: Any) -> ReadsInBatches:
+            return stream
+
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    pending: list[bool] = []
+
+    def handle(name: str, raw: dict[str, Any]) -> int | None:
+        n = raw["fullDocument"]["n"]
+        log.append(f"change {n}")
+        if not pending:  # as the hub does: one pass for what comes before it runs
+            pending.append(True)
+            loop.call_soon(fan_out)
+        if n == 3:
+            loop.call_soon(done.set)
+        return None
+
+    def fan_out() -> None:
+        pending.clear()
+        log.append("pass")
+
+    watcher = CollectionWatcher(Collection(), handler=handle,  # type: ignore[arg-type]
+                                on_history_lost=lambda *_: None)
+    await watcher.start()
+    await asyncio.wait_for(done.wait(), 5)
+    await watcher.stop()
+    assert log == ["read", "change 1", "change 2", "pass", "read", "change 3", "pass"]
