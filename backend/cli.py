@@ -32,7 +32,8 @@ logger = logging.getLogger("changecast.cli")
 
 EXIT_USAGE = 2
 # The benchmark suite (``bench/``), in the order ``make bench`` runs it.
-BENCHMARKS = ("propagation", "fanout", "cache", "pipeline", "connections", "sources")
+BENCHMARKS = ("propagation", "fanout", "pages", "cache", "pipeline", "connections", "sources",
+              "idle", "writepath")
 
 
 class CliError(Exception):

@@ -44,7 +44,7 @@ from bench.fanout import (
     process,
     run_point,
 )
-from bench.report import write
+from bench.report import chart_bars, write
 from bench.site import Site, free_port, products_of, site
 
 CURVE = {1000: (10, 30, 50, 100), 5000: (10,)}
@@ -179,6 +179,17 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def chart(path: Path, rows: list[dict[str, Any]]) -> None:
+    """p50 and p99 per point, the bare Node broadcast beside ChangeCast's page sockets."""
+    labels = [f"{r['clients']:,} \u00d7 {r['rate']}/s" for r in rows if r["server"] == "bare"]
+    series: dict[str, list[Any]] = {}
+    for server, name in (("bare", "bare Node ws"), ("changecast", "ChangeCast pages")):
+        for key in ("p50_ms", "p99_ms"):
+            series[f"{name} {key[:3]}"] = [r[key] for r in rows if r["server"] == server]
+    chart_bars(path, "Portal pages: write \u2192 stock in the card (ms)", labels, series,
+               log=True, unit="ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one point, for a smoke run")
@@ -196,6 +207,7 @@ def main() -> None:
                      + (" --quick" if args.quick else ""),
                      "seconds_per_point": args.seconds, "customers": CUSTOMERS,
                      "summary": summary(rows), "portal": rows, "mixed": mixed})
+    chart(args.out.with_suffix(".png"), rows)
 
 
 if __name__ == "__main__":

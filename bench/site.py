@@ -45,6 +45,12 @@ class Site:
     def ws(self) -> str:
         return self.base.replace("http://", "ws://") + "/ws"
 
+    async def admin_cookie(self) -> str:
+        """The Cookie header of a signed-in admin."""
+        admin = await self.admin()
+        await admin.aclose()
+        return "; ".join(f"{k}={v}" for k, v in admin.cookies.items())
+
     async def admin(self) -> httpx.AsyncClient:
         client = httpx.AsyncClient(base_url=self.base, timeout=30, headers={"Origin": self.base},
                                    limits=httpx.Limits(max_connections=200))
@@ -58,10 +64,51 @@ class Site:
         return rss_kib([self.server.pid])
 
 
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection written and read by hand, so that the client's
+    own cost (an HTTP library builds and parses in Python) is not in the server's stages:
+    a request is one ``write`` of ready bytes, its answer a status line, headers and
+    ``Content-Length`` bytes."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 host: str, cookie: str) -> None:
+        self.reader, self.writer = reader, writer
+        self.head = (f"Host: {host}\r\nOrigin: http://{host}\r\n"
+                     + (f"Cookie: {cookie}\r\n" if cookie else "")
+                     + "Content-Type: application/json\r\n")
+
+    @classmethod
+    async def open(cls, base: str, cookie: str) -> RawHttp:
+        host = base.removeprefix("http://")
+        name, port = host.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(name, int(port))
+        return cls(reader, writer, host, cookie)
+
+    def request(self, method: str, path: str, body: bytes) -> bytes:
+        return (f"{method} {path} HTTP/1.1\r\n{self.head}Content-Length: {len(body)}\r\n\r\n"
+                .encode() + body)
+
+    async def send(self, request: bytes) -> int:
+        """Send ``request``; its status once the whole answer has been read."""
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await self.reader.readexactly(length)
+        return status
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
 @contextlib.asynccontextmanager
 async def site(*, pipeline: bool = False, extra_env: dict[str, str] | None = None,
-               args: tuple[str, ...] = ()) -> AsyncIterator[Site]:
-    """NX-27017 in a temporary directory plus one app server process (seeded on start)."""
+               args: tuple[str, ...] = (), module: str = "backend.cli") -> AsyncIterator[Site]:
+    """NX-27017 in a temporary directory plus one app server process (seeded on start):
+    ``python -m {module} serve {args}`` (``bench.tracing`` takes no ``serve``)."""
     with tempfile.TemporaryDirectory(prefix="changecast-bench-") as tmp:
         nx = EmbeddedServer(data_dir=Path(tmp) / "nx")
         await nx.start()
@@ -76,7 +123,9 @@ async def site(*, pipeline: bool = False, extra_env: dict[str, str] | None = Non
                     "CHANGECAST_MAX_CONNECTIONS": "1000000",
                     "CHANGECAST_MAX_CONNECTIONS_PER_CLIENT": "1000000",
                     "CHANGECAST_IDLE_SOCKET_S": "86400", **(extra_env or {})})
-        server = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", *args], env=env,
+        command = [sys.executable, "-m", module, *(["serve"] if module == "backend.cli" else []),
+                   *args]
+        server = subprocess.Popen(command, env=env,
                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
         try:

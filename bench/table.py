@@ -106,6 +106,7 @@ def rows() -> list[tuple[str, str, str, str]]:
                         f"{caps.get('changecast')} changes/s",
                         f"bare Node ws: {caps.get('bare')}/s; naive Starlette: "
                         f"{caps.get('naive')}/s", "`python -m bench.fanout`"))
+    out.extend(_pages())
     cache = _load("cache")
     if cache:
         ours, ttl = cache["results"][0], cache["results"][1]
@@ -155,13 +156,110 @@ def rows() -> list[tuple[str, str, str, str]]:
                     f"{_n(othr['writes_per_s'])} writes/s (p99 {_ms(othr['p99_ms'])}; "
                     f"{othr['engine_cpu_us_per_event']} µs engine CPU/event)",
                     "`python -m bench.sources`"))
+    out.extend(_idle())
+    out.extend(_writepath())
     return out
+
+
+def _pages() -> list[tuple[str, str, str, str]]:
+    pages = _load("pages")
+    if not pages:
+        return []
+    out = []
+    points = pages["portal"]
+    for ours in (r for r in points if r["server"] == "changecast"):
+        bare = next((r for r in points if r["server"] == "bare"
+                     and (r["clients"], r["rate"]) == (ours["clients"], ours["rate"])), None)
+        base = (f"bare Node ws broadcast of a {ours['frame_bytes']}-byte HTML frame: p50 "
+                f"{_ms(bare['p50_ms'])}, p99 {_ms(bare['p99_ms'])}, {_cpu(bare)}/delivery"
+                f" (load generator CPU {100 * ours['loadgen_cpu_share']:.0f} % of a core)"
+                if bare else "")
+        out.append((f"portal pages (`/ws/live/portal`, signed in), write → stock in the "
+                     f"card, {ours['clients']:,} sockets \u00d7 {ours['rate']} changes/s",
+                     f"p50 {_ms(ours['p50_ms'])}, p95 {_ms(ours['p95_ms'])}, p99 "
+                     f"{_ms(ours['p99_ms'])}; {ours['lost']} lost; "
+                     f"{100 * ours['applied_share']:.1f} % of writes applied; {_cpu(ours)} "
+                     f"server CPU/delivery; {ours['rss_per_connection_kib']} KiB/socket",
+                     base, "`python -m bench.pages`"))
+    mixed = pages.get("mixed")
+    if mixed:
+        kinds = mixed["kinds"]
+        portal, admin, board = kinds["portal"], kinds["admin"], kinds["dashboard"]
+        out.append((f"pages together: {portal['clients']:,} portal + {admin['clients']} admin "
+                    f"+ {board['clients']} dashboard, {mixed['rate']} stock changes/s and "
+                    f"{mixed['orders_placed']} orders through the pipeline",
+                    f"portal stock p50 {_ms(portal['stock_p50_ms'])}, p99 "
+                    f"{_ms(portal['stock_p99_ms'])}; admin stock p50 "
+                    f"{_ms(admin['stock_p50_ms'])}, the new order's row p50 "
+                    f"{_ms(admin['order_row_p50_ms'])}, p99 {_ms(admin['order_row_p99_ms'])} "
+                    f"({admin['order_rows_unseen']} unseen); dashboard "
+                    f"{board['frames_per_client_per_s']} frames/s; {mixed['lost']} lost",
+                    "", "`python -m bench.pages`"))
+    return out
+
+
+def _idle() -> list[tuple[str, str, str, str]]:
+    idle = _load("idle")
+    if not idle:
+        return []
+    ours, busy = idle["medians"]["backing-off"], idle["medians"]["busy-polling"]
+
+    def text(way: dict[str, Any]) -> str:
+        return (f"server {100 * way['server_cpu_share']:.2f} %, database "
+                f"{100 * way['database_cpu_share']:.2f} % of a core; the first change after "
+                f"it {_ms(way['first_change_ms'])}")
+
+    return [(f"idle for {idle['quiet_s']:g} s, no client ({idle['repeats']} runs each)",
+             text(ours), "polling every 25 ms: " + text(busy), "`python -m bench.idle`")]
+
+
+def _writepath() -> list[tuple[str, str, str, str]]:
+    trace = _load("writepath")
+    if not trace:
+        return []
+    now, before = (trace["ways"][way]["stages"] for way in ("now", "before"))
+
+    def p50(rows: list[dict[str, Any]], prefix: str) -> float:
+        return float(next(r["p50_ms"] for r in rows if r["stage"].startswith(prefix)))
+
+    def text(rows: list[dict[str, Any]]) -> str:
+        return (f"write → client p50 {_ms(p50(rows, 'write → client'))}, of which "
+                f"ChangeCast's own stages {_ms(p50(rows, 'ours on'))}")
+
+    return [("a write's fixed cost, one client, stage by stage "
+             f"({sum(trace['traced'].values()):,} traced writes)", text(now),
+             "before (the stream's read began on the write's reply, the fan-out waited "
+             "behind the next read): " + text(before)
+             + "; the database alone (findAndModify, then the read that sees it): "
+             + _ms(trace["database_alone"]["write, then the read that sees it"]["p50_ms"]),
+             "`python -m bench.writepath`")]
+
+
+def _stage_table() -> list[str]:
+    """A write's stages, before and now (``bench.writepath``), as a table of its own."""
+    trace = _load("writepath")
+    if not trace:
+        return []
+    before, now = (trace["ways"][way]["stages"] for way in ("before", "now"))
+    lines = ["", f"A write's fixed cost, stage by stage: p50 over "
+             f"{trace['traced']['now']:,} writes each way, one client "
+             "(`python -m bench.writepath`).", "",
+             "| stage | before (ms) | now (ms) |", "|---|---|---|"]
+    for old, new in zip(before, now, strict=True):
+        name = f"**{new['stage']}**" if new.get("total") else new["stage"]
+        lines.append(f"| {name} | {old['p50_ms']:.2f} | {new['p50_ms']:.2f} |")
+    alone = trace["database_alone"]
+    lines.append(f"| the database alone, from the client's side: findAndModify, then the "
+                 f"read that sees it | {alone['write, then the read that sees it']['p50_ms']:.2f} |"
+                 " (same run) |")
+    return lines
 
 
 def render() -> str:
     lines = [BEGIN, "| measurement | ChangeCast (median) | baseline, same run | command |",
              "|---|---|---|---|"]
     lines.extend(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows())
+    lines.extend(_stage_table())
     machine = next((r["machine"] for r in (_load(n) for n in
                     ("propagation", "fanout", "cache", "pipeline", "connections",
                      "sources")) if r), None)

@@ -155,6 +155,12 @@ class ChangeEngine:
         to it, seen by the driver: see ``backend.infra.database.WriteListener``)."""
         self.source.wake(collection)
 
+    def writing(self, collection: str) -> None:
+        """Poll ``collection`` now, as a write of this process to it is being sent (the
+        driver's command started: ``backend.infra.database.WriteListener``): the stream's
+        read overlaps the write's round trip. Keeps a quiet stream's pace."""
+        self.source.writing(collection)
+
     def subscriber(self, *, maxsize: int | None = None, policy: OverflowPolicy | None = None,
                    outlet: Outlet | None = None) -> Subscriber:
         """A new consumer (queued, or pushing to ``outlet``); use ``subscriber.subscribe``."""

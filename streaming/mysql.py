@@ -498,6 +498,9 @@ class MySQLSource:
     def wake(self, collection: str) -> None:
         """Nothing to do: the server pushes binlog events as they commit."""
 
+    def writing(self, collection: str) -> None:
+        """Nothing to do: the server pushes binlog events as they commit."""
+
     def reset(self, reason: str) -> None:
         self._reset_reason = reason
         self._wakeup.set()

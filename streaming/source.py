@@ -72,6 +72,11 @@ class Source(Protocol):
         """Look for changes now, without promising one (a write that may have changed
         nothing); a no-op for pushed streams."""
 
+    def writing(self, collection: str) -> None:
+        """A write to ``collection`` is on its way to the server: look now, so that the read
+        overlaps the write's round trip (its reply still wakes the stream); a no-op for
+        pushed streams."""
+
     def reset(self, reason: str) -> None:
         """Distrust the history from here on: reopen from now, then subscribers resync."""
 
@@ -151,6 +156,11 @@ class MongoSource:
         watcher = self.watchers.get(collection)
         if watcher is not None:
             watcher.wake()
+
+    def writing(self, collection: str) -> None:
+        watcher = self.watchers.get(collection)
+        if watcher is not None:
+            watcher.writing()
 
     def reset(self, reason: str) -> None:
         for watcher in self.watchers.values():

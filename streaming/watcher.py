@@ -290,6 +290,11 @@ class CollectionWatcher:
         self._empty_polls = 0
         self._nudged.set()
 
+    def writing(self) -> None:
+        """Poll now, neither promising a change nor leaving the quiet pace: a write of this
+        process is on its way (the read it starts may pass it; ``wake`` follows its reply)."""
+        self._nudged.set()
+
     async def start(self, *, wait: bool = True, timeout: float = 15.0) -> None:
         """Start watching; with ``wait``, return once the stream is open."""
         if self._task is not None:

@@ -45,12 +45,15 @@ class WriteListener(CommandListener):
 
     On the embedded server a quiet change stream polls less and less often; every write
     that goes through this client wakes its collection's watcher at once, whichever code
-    made it, so the first change after a quiet spell is not late (``engine.wake``).
+    made it, so the first change after a quiet spell is not late (``engine.wake``). And
+    as a write command is sent, the watcher reads at once (``engine.writing``), so that its
+    read overlaps the write's round trip instead of following it.
     The driver calls a listener on the event loop's thread, in the command's own path:
-    this only looks at two fields and calls ``on_write``."""
+    this only looks at two fields and calls ``on_send`` and ``on_write``."""
 
     def __init__(self) -> None:
         self.on_write: Callable[[str], None] | None = None
+        self.on_send: Callable[[str], None] | None = None
         self._pending: dict[tuple[int, int], str] = {}
 
     def started(self, event: CommandStartedEvent) -> None:
@@ -58,6 +61,8 @@ class WriteListener(CommandListener):
             collection = event.command.get(event.command_name)
             if isinstance(collection, str):
                 self._pending[(event.request_id, event.operation_id or 0)] = collection
+                if self.on_send is not None:
+                    self.on_send(collection)
 
     def succeeded(self, event: CommandSucceededEvent) -> None:
         collection = self._pending.pop((event.request_id, event.operation_id or 0), None)

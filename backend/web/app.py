@@ -146,7 +146,9 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
             stack.push_async_callback(engine.stop)
             if db.kind == "embedded":  # polled streams: our own writes wake them at once
                 db.writes.on_write = engine.wake
+                db.writes.on_send = engine.writing  # the read overlaps the write's round trip
                 stack.callback(setattr, db.writes, "on_write", None)
+                stack.callback(setattr, db.writes, "on_send", None)
             if db.embedded is not None:
                 # NX-27017 was seen to rewind or skip its change log across a kill -9: after a
                 # restart every stream reopens from now and every subscriber resyncs.

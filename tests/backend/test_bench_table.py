@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from backend.cli import BENCHMARKS
 from bench.table import BEGIN, END, render, rows
 from tests.conftest import ROOT
 
@@ -14,7 +15,9 @@ def test_readme_performance_table_matches_bench_results() -> None:
 
 
 def test_every_benchmark_has_its_result_and_chart() -> None:
-    for name in ("propagation", "fanout", "cache", "pipeline", "connections", "sources"):
+    for name in BENCHMARKS:
         assert (ROOT / "bench" / "results" / f"{name}.json").exists(), name
+    for name in ("propagation", "fanout", "pages", "cache", "pipeline", "connections",
+                 "sources"):
         assert (ROOT / "bench" / "results" / f"{name}.png").exists(), name
     assert len(rows()) >= 10

@@ -32,3 +32,25 @@ async def test_acknowledged_writes_name_their_collection_and_no_ops_do_not(nx_ur
         assert woken == ["products", "orders", "products", "products"]
     finally:
         await client.close()
+
+
+async def test_every_write_says_so_as_it_is_sent_before_its_reply(nx_uri: str) -> None:
+    """``on_send`` (the stream's read overlaps the write) comes for every write command,
+    one that will change nothing too, and before that write's ``on_write``."""
+    listener = WriteListener()
+    log: list[tuple[str, str]] = []
+    listener.on_write = lambda name: log.append(("acknowledged", name))
+    listener.on_send = lambda name: log.append(("sent", name))
+    client = make_client(nx_uri, writes=listener)
+    try:
+        db = client["w" + uuid.uuid4().hex[:10]]
+        await db.products.insert_one({"_id": "p1", "stock": 1})
+        await db.products.update_one({"_id": "nobody"}, {"$set": {"stock": 2}})
+        await db.products.find_one({"_id": "p1"})  # a read: neither
+        await db.orders.find_one_and_update({"_id": "o1"}, {"$set": {"status": "paid"}},
+                                            upsert=True)
+        assert log == [("sent", "products"), ("acknowledged", "products"),
+                       ("sent", "products"),
+                       ("sent", "orders"), ("acknowledged", "orders")]
+    finally:
+        await client.close()

@@ -315,6 +315,9 @@ def test_a_quiet_poll_mode_stream_backs_off_and_a_write_or_change_brings_it_back
         watcher._empty_polls += 1  # as _consume counts an empty poll
     assert waits[:5] == [0.025] * 5  # the busy pace while changes may still follow
     assert waits[5:8] == [0.05, 0.1, 0.2] and waits[-1] == 1.0  # then doubling, capped
+    watcher.writing()  # a write is being sent (it may change nothing): read now, still quiet
+    assert watcher._nudged.is_set() and watcher.poll_wait() == 1.0
+    watcher._nudged.clear()
     watcher.wake()  # this process wrote: at once, and the busy pace again
     assert watcher._nudged.is_set() and watcher.poll_wait() == 0.025
     assert watcher.stalls == 0
