@@ -217,19 +217,21 @@ def _writepath() -> list[tuple[str, str, str, str]]:
     trace = _load("writepath")
     if not trace:
         return []
-    now, before = (trace["ways"][way]["stages"] for way in ("now", "before"))
 
     def p50(rows: list[dict[str, Any]], prefix: str) -> float:
         return float(next(r["p50_ms"] for r in rows if r["stage"].startswith(prefix)))
 
-    def text(rows: list[dict[str, Any]]) -> str:
-        return (f"write → client p50 {_ms(p50(rows, 'write → client'))}, of which "
+    def text(way: dict[str, Any]) -> str:
+        rows = way["stages"]
+        runs = way.get("write_to_client_p50_ms_per_run")
+        spread = (f" (runs {min(runs):.2f} to {max(runs):.2f} ms)" if runs else "")
+        return (f"write → client p50 {_ms(p50(rows, 'write → client'))}{spread}, of which "
                 f"ChangeCast's own stages {_ms(p50(rows, 'ours on'))}")
 
     return [("a write's fixed cost, one client, stage by stage "
-             f"({sum(trace['traced'].values()):,} traced writes)", text(now),
+             f"({sum(trace['traced'].values()):,} traced writes)", text(trace["ways"]["now"]),
              "before (the stream's read began on the write's reply, the fan-out waited "
-             "behind the next read): " + text(before)
+             "behind the next read): " + text(trace["ways"]["before"])
              + "; the database alone (findAndModify, then the read that sees it): "
              + _ms(trace["database_alone"]["write, then the read that sees it"]["p50_ms"]),
              "`python -m bench.writepath`")]

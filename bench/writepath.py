@@ -249,24 +249,30 @@ async def one_way(env: dict[str, str], args: argparse.Namespace, *,
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     traced: dict[str, list[dict[str, int]]] = {way: [] for way in WAYS}
+    runs: dict[str, list[float]] = {way: [] for way in WAYS}
     extra: dict[str, Any] = {}
     for repeat in range(args.repeats):
         for way, env in WAYS.items():
             found, more = await one_way(env, args, baselines=repeat == 0 and way == NOW)
             traced[way].extend(found)
+            runs[way].append(_ms([w["client.received"] - w["client.sent"]
+                                  for w in found])["p50_ms"])
             extra.update(more)
     rows = {way: stages(found) for way, found in traced.items()}
     print(f"{'stage (p50, ms)':<64} " + "  ".join(f"{way:>14}" for way in WAYS))
     for n, row in enumerate(rows[NOW]):
         print(f"{row['stage']:<64} "
               + "  ".join(f"{rows[way][n]['p50_ms']:14.3f}" for way in WAYS))
+    for way, medians in runs.items():
+        print(f"write → client p50 of each {way} run: {medians}")
     print(f"{'GET /api/health round trip':<64} {extra['health']['p50_ms']:14.3f}")
     for name, figures in extra["database_alone"].items():
         print(f"{'database alone: ' + name:<64} {figures['p50_ms']:14.3f}")
     return {"benchmark": "writepath", "command": "python -m bench.writepath",
             "writes_per_run": args.writes, "repeats": args.repeats, "gap_s": args.gap,
             "traced": {way: len(found) for way, found in traced.items()},
-            "ways": {way: {"stages": r} for way, r in rows.items()}, **extra}
+            "ways": {way: {"stages": r, "write_to_client_p50_ms_per_run": runs[way]}
+                     for way, r in rows.items()}, **extra}
 
 
 def main() -> None:
