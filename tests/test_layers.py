@@ -74,6 +74,62 @@ def violations() -> list[str]:
     return found
 
 
+def circles(packages: tuple[str, ...] = ("backend", "streaming", "seed", "loadtest",
+                                          "bench")) -> list[list[str]]:
+    """Modules of ours that import each other round a circle (Tarjan's strongly connected
+    components of the import graph, imports under ``TYPE_CHECKING`` included: a circle of
+    types is a circle of design too)."""
+    modules = {module_of(p): p for p in sorted(ROOT.glob("*/**/*.py"))
+               if p.parts[len(ROOT.parts)] in packages}
+    graph = {m: sorted(i for i in imports_of(p) if i in modules and i != m)
+             for m, p in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                component.append(w)
+            if component:
+                found.append(sorted([v, *component]))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_layers_no_modules_import_each_other_round_a_circle() -> None:
+    assert circles() == []
+
+
+def test_layers_circle_checker_finds_a_circle() -> None:
+    # Two probe modules in one layer that import each other (through a third).
+    probes = {name: ROOT / "backend" / "web" / f"_circle_probe_{name}.py" for name in "abc"}
+    sources = {"a": "from backend.web._circle_probe_b import x\n",
+               "b": "def f():\n    from backend.web._circle_probe_c import y\n",
+               "c": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                    "    from backend.web._circle_probe_a import z\n"}
+    try:
+        for name, path in probes.items():
+            path.write_text(sources[name])
+        assert [f"backend.web._circle_probe_{n}" for n in "abc"] in circles()
+    finally:
+        for path in probes.values():
+            path.unlink(missing_ok=True)
+
+
 def test_layers_imports_point_one_way() -> None:
     assert violations() == []
 

@@ -120,6 +120,19 @@ def session_version(doc: Document | None) -> int:
     return int((doc or {}).get(SESSION_VERSION) or 0)
 
 
+def session_valid(session: dict[str, Any], doc: Document | None) -> bool:
+    """Whether a session (the cookie's ``role`` and ``sv``) still stands for the user
+    ``doc``: the user exists, has the role the session was started with, and has not
+    ended their sessions since. Here, not in the web layer, so the HTTP edge and the live
+    sockets both ask it without importing each other."""
+    if doc is None:
+        return False
+    role = session.get("role")
+    if role is not None and role != role_of(doc):
+        return False
+    return int(session.get("sv") or 0) == session_version(doc)
+
+
 async def end_sessions(db: AsyncDatabase[Document], engine: ChangeEngine, user_id: str, *,
                        changes: Document | None = None) -> None:
     """End every session of the user (sign-out, a new role, a new password), with

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.requests import HTTPConnection
@@ -27,9 +27,19 @@ from streaming import ChangeEngine, Document
 
 if TYPE_CHECKING:
     from backend.web.live.presence import Presence
-    from backend.web.live.session import Session
 
 STATE_KEY = "app"
+
+
+class LiveConnection(Protocol):
+    """What the shared state asks of an open socket (``backend.web.live.session.Session``
+    is one): said here so this module needs nothing from the sockets that read it."""
+
+    def holds_session_of(self, user_id: str) -> bool: ...
+
+    def session_still_valid(self, doc: Document | None) -> bool: ...
+
+    def end(self, reason: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +58,7 @@ class AppState:
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     demo_limiter: DemoLimiter = field(default_factory=DemoLimiter)
     passwords: PasswordPool = field(default_factory=PasswordPool)
-    connections: set[Session] = field(default_factory=set)
+    connections: set[LiveConnection] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
 
     @property

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 from starlette.requests import HTTPConnection
 
@@ -15,7 +14,7 @@ from backend.domain.users import (
     User,
     authenticate,
     end_sessions,
-    role_of,
+    session_valid,
     session_version,
     user_from_doc,
 )
@@ -48,17 +47,6 @@ def start_session(conn: HTTPConnection, doc: Document) -> User:
     conn.session.update({"user_id": user.id, "role": user.role, "sv": session_version(doc),
                          "at": int(time.time())})
     return user
-
-
-def session_valid(session: dict[str, Any], doc: Document | None) -> bool:
-    """Whether a session still stands for the user ``doc``: the user exists, has the role
-    the session was started with, and has not ended their sessions since."""
-    if doc is None:
-        return False
-    role = session.get("role")
-    if role is not None and role != role_of(doc):
-        return False
-    return int(session.get("sv") or 0) == session_version(doc)
 
 
 async def end_session(conn: HTTPConnection) -> None:

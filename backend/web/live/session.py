@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from backend.domain.users import User
-from backend.web.http.auth import session_valid
+from backend.domain.users import User, session_valid
 from backend.web.state import AppState, app_state
 from streaming import ChangeEvent, Document, Subscriber
 
