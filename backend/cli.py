@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="JSON report path (default loadtest-<scenario>.json)")
     load.add_argument("--admin-email", default="admin@example.com")
     bench = sub.add_parser(
-        "bench", help="run the benchmarks: JSON + PNG in bench/results/, README table updated",
+        "bench", help="run the benchmarks: JSON + PNG in bench/results/, tables in docs updated",
         description="Run benchmarks against a fresh embedded database each. Needs a "
                     "checkout of the repository and the bench extra (make bench installs it).")
     bench.add_argument("names", nargs="*", metavar="NAME",
@@ -283,7 +283,7 @@ def run_loadtest(settings: Settings, args: argparse.Namespace) -> None:
 
 def run_benchmarks(names: Sequence[str]) -> int:
     """Run each benchmark as its own process (a fresh interpreter and database each), then
-    render the README table from the results; returns how many failed."""
+    render the performance tables from the results; returns how many failed."""
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise CliError(f"unknown benchmark {unknown[0]!r}; expected one of "
@@ -304,7 +304,7 @@ def run_benchmarks(names: Sequence[str]) -> int:
         if subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=root).returncode:
             print(f"changecast: bench.{name} failed", file=sys.stderr, flush=True)
             failed += 1
-    if (root / "README.md").exists():
+    if (root / "docs" / "performance.md").exists():
         subprocess.run([sys.executable, "-m", "bench.table", "--write"], cwd=root, check=False)
     return failed
 

@@ -1,10 +1,11 @@
-"""The README's performance table, rendered from ``bench/results/*.json``.
+"""The performance tables, rendered from ``bench/results/*.json``: every row in
+docs/performance.md, the headline rows in README.md.
 
-    python -m bench.table          # print it
-    python -m bench.table --write  # replace it in README.md (between the markers)
+    python -m bench.table          # print both
+    python -m bench.table --write  # replace them in those files (between the markers)
 
-A test checks that README.md holds exactly what this renders, so the table
-can never drift from the result files.
+A test checks that both files hold exactly what this renders, so neither table
+can drift from the result files.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 BEGIN = "<!-- bench-table:begin (python -m bench.table --write) -->"
 END = "<!-- bench-table:end -->"
+HEAD_BEGIN = "<!-- bench-headline:begin (python -m bench.table --write) -->"
+HEAD_END = "<!-- bench-headline:end -->"
+PERFORMANCE = ROOT / "docs" / "performance.md"
+README = ROOT / "README.md"
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -273,19 +278,86 @@ def render() -> str:
     return "\n".join(lines)
 
 
+def _pair(points: list[dict[str, Any]], clients: int, rate: int
+          ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """ChangeCast's and the bare Node server's row of one point, when both were measured."""
+    same = {r["server"]: r for r in points if (r["clients"], r["rate"]) == (clients, rate)}
+    return (same["changecast"], same["bare"]) if {"changecast", "bare"} <= set(same) else None
+
+
+def headline_rows() -> list[tuple[str, str, str]]:
+    """A few rows a newcomer can read at a glance: (what, ChangeCast, the alternative)."""
+    out: list[tuple[str, str, str]] = []
+
+    def socket_row(what: str, pair: tuple[dict[str, Any], dict[str, Any]] | None) -> None:
+        if pair:
+            ours, bare = pair
+            out.append((what, f"p50 {_ms(ours['p50_ms'])}, p99 {_ms(ours['p99_ms'])}, "
+                              f"{ours['lost']} lost",
+                        f"bare Node `ws` broadcast: p50 {_ms(bare['p50_ms'])}, p99 "
+                        f"{_ms(bare['p99_ms'])}"))
+
+    fanout, pages = _load("fanout"), _load("pages")
+    if fanout:
+        socket_row("write → 1,000 `/ws` clients, 30 changes/s",
+                   _pair(fanout.get("over_sockets", []), 1000, 30))
+    if pages:
+        socket_row("write → 1,000 portal pages, 30 changes/s", _pair(pages["portal"], 1000, 30))
+        socket_row("write → 5,000 portal pages, 10 changes/s", _pair(pages["portal"], 5000, 10))
+    idle = _load("idle")
+    if idle:
+        ours, busy = idle["medians"]["backing-off"], idle["medians"]["busy-polling"]
+        out.append(("idle, no client: CPU of the server + its database",
+                    f"{100 * ours['server_cpu_share']:.2f} % + "
+                    f"{100 * ours['database_cpu_share']:.2f} % of a core",
+                    f"polling every 25 ms: {100 * busy['server_cpu_share']:.2f} % + "
+                    f"{100 * busy['database_cpu_share']:.2f} %"))
+    cache = _load("cache")
+    if cache:
+        ours, ttl = cache["results"][0], cache["results"][1]
+        out.append(("cache under 50 writes/s: stale reads",
+                    f"{ours['stale_reads']:,} of {ours['reads']:,}",
+                    f"a 1 s TTL cache: {ttl['stale_reads']:,} of {ttl['reads']:,}"))
+    pipeline = _load("pipeline")
+    if pipeline:
+        bare = next((r for r in pipeline["results"] if r["payment_concurrency"] is None), None)
+        default = next((r for r in pipeline["results"] if r["payment_concurrency"] == 64), None)
+        if default and bare:
+            out.append(("orders through the whole pipeline",
+                        f"{default['orders_per_s_median']} orders/s",
+                        f"bare inserts on the same database: {bare['orders_per_s_median']:,}/s"))
+    return out
+
+
+def render_headline() -> str:
+    lines = [HEAD_BEGIN, "| measured, median | ChangeCast | the alternative, same run |",
+             "|---|---|---|"]
+    lines.extend(f"| {a} | {b} | {c} |" for a, b, c in headline_rows())
+    lines.append(HEAD_END)
+    return "\n".join(lines)
+
+
+def blocks() -> list[tuple[Path, str, str, str]]:
+    """(file, begin marker, end marker, what belongs between them)."""
+    return [(PERFORMANCE, BEGIN, END, render()), (README, HEAD_BEGIN, HEAD_END,
+                                                  render_headline())]
+
+
+def between(text: str, begin: str, end: str) -> str:
+    return text[text.index(begin):text.index(end) + len(end)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    table = render()
-    if not args.write:
-        print(table)
-        return
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    readme.write_text(text[:start] + table + text[end:])
-    print(f"updated {readme}")
+    for path, begin, end, table in blocks():
+        if not args.write:
+            print(table)
+            continue
+        text = path.read_text()
+        path.write_text(text.replace(between(text, begin, end), table))
+        print(f"updated {path}")
 
 
 if __name__ == "__main__":

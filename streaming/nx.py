@@ -1,6 +1,6 @@
 """What a stream on the embedded NX-27017 server needs beyond a MongoDB change stream.
 
-NX-27017 is not MongoDB (see the README's section on it), and a watcher in
+NX-27017 is not MongoDB (see docs/embedded-database.md), and a watcher in
 ``poll`` mode checks what a replica set guarantees by itself:
 
 - it accepts any resume token silently: a token past the head of the change

@@ -66,7 +66,7 @@ def build_engine(database: Database, settings: Settings) -> ChangeEngine:
 
 
 def routes() -> list[BaseRoute]:
-    """Every HTTP route and WebSocket of the app (README: "HTTP API and WebSocket")."""
+    """Every HTTP route and WebSocket of the app (docs/api.md)."""
     return [
         Route("/api/health", health, methods=["GET"]),
         Route("/api/metrics", metrics, methods=["GET"]),
