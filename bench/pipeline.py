@@ -5,8 +5,15 @@
 Starts NX-27017 in a temporary directory, runs one ChangeEngine + Pipeline,
 places orders from 20 customers as fast as the API layer would, and measures
 orders per second from the first placement until every order has left the
-automatic statuses (pending, reserved, paid). The baseline in the same run is
-the bare insert rate of the same orders with no pipeline attached.
+automatic statuses (pending, reserved, paid). The baselines in the same run: the
+bare insert rate of the same orders with no pipeline attached, and the database's
+own pace (single-document inserts/s at the same concurrency). Every database write
+of a pipeline run is counted (a driver command listener), so the run also prints
+writes per order and the ceiling the database allows (its writes/s ÷ writes per
+order). After each run it checks the outcome, not only the count: every order
+settled once (no status twice in its history), every product's stock exactly its
+start minus what the orders that kept their stock hold, and one audit entry per
+stage of every order.
 """
 
 from __future__ import annotations
@@ -20,12 +27,42 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
+
 from backend.domain.orders import place_order
-from backend.infra.database import make_client
+from backend.infra.database import WRITE_COMMANDS, make_client
 from backend.infra.embedded import EmbeddedServer
 from backend.pipeline import AUTOMATIC, PaymentGateway, Pipeline
 from bench.report import chart_bars, write
 from streaming import ChangeEngine
+
+STOCK = 1_000_000
+# Where an order keeps the stock it took (the bench's orders stop at processing).
+HOLDS_STOCK = frozenset({"reserved", "paid", "processing", "shipped", "delivered"})
+
+
+class WriteCounter(CommandListener):
+    """Counts the write commands sent (``counting`` on), per collection."""
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.by_collection: dict[str, int] = {}
+
+    def started(self, event: CommandStartedEvent) -> None:
+        if self.counting and event.command_name in WRITE_COMMANDS:
+            name = str(event.command.get(event.command_name))
+            self.by_collection[name] = self.by_collection.get(name, 0) + 1
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        pass
 
 
 class _NoEngine:
@@ -41,7 +78,7 @@ class _NoEngine:
 async def _setup(db: Any) -> list[str]:
     products = [f"P{i:02d}" for i in range(20)]
     await db.products.insert_many([{"_id": p, "name": p, "category": "bench",
-                                    "price_cents": 1_000 + 100 * i, "stock": 1_000_000,
+                                    "price_cents": 1_000 + 100 * i, "stock": STOCK,
                                     "low_stock_threshold": 10,
                                     "updated_at": "2026-01-01T00:00:00.000Z"}
                                    for i, p in enumerate(products)])
@@ -62,53 +99,122 @@ async def _place(db: Any, engine: Any, orders: int, products: list[str]) -> None
     await asyncio.gather(*(one(n) for n in range(orders)))
 
 
-async def run_once(client: Any, name: str, orders: int, concurrency: int,
-                   pipeline_on: bool) -> float:
+async def database_pace(client: Any, name: str, writes: int) -> float:
+    """Single-document inserts/s at the placing concurrency: what the database allows."""
+    db = client[name]
+    sem = asyncio.Semaphore(32)
+
+    async def one(n: int) -> None:
+        async with sem:
+            await db.pace.insert_one({"_id": n, "at": time.time()})
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(n) for n in range(writes)))
+    return writes / (time.perf_counter() - started)
+
+
+async def check(db: Any, products: list[str], timeout: float = 30.0) -> dict[str, Any]:
+    """What a user would check once the orders are through: settled once, exact stock,
+    a complete audit trail (its last entries may land just after the last transition)."""
+    orders = [o async for o in db.orders.find({}, {"status": 1, "history": 1, "items": 1})]
+    twice = sum(1 for o in orders
+                if len(statuses := [h["status"] for h in o["history"]]) != len(set(statuses)))
+    held = dict.fromkeys(products, 0)
+    for order in orders:
+        if order["status"] in HOLDS_STOCK:
+            for item in order["items"]:
+                held[item["product_id"]] += int(item["quantity"])
+    stock = {p["_id"]: p["stock"] async for p in db.products.find({}, {"stock": 1})}
+    wrong_stock = sorted(p for p in products if stock[p] != STOCK - held[p])
+    stages = sum(len(o["history"]) for o in orders)
+    deadline = time.monotonic() + timeout
+    while (audited := await db.audit.count_documents({})) < stages \
+            and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return {"orders": len(orders), "settled_twice": twice, "products_wrong_stock": wrong_stock,
+            "audit_entries": audited, "stages": stages,
+            "ok": not twice and not wrong_stock and audited == stages}
+
+
+async def run_once(client: Any, counter: WriteCounter, name: str, orders: int,
+                   concurrency: int, pipeline_on: bool) -> tuple[float, dict[str, Any]]:
     db = client[name]
     products = await _setup(db)
     if not pipeline_on:
         started = time.perf_counter()
         await _place(db, _NoEngine(), orders, products)
-        return orders / (time.perf_counter() - started)
+        return orders / (time.perf_counter() - started), {}
     engine = ChangeEngine(db, mode="poll")
     await engine.start()
     await engine.prime("products")
     pipeline = Pipeline(db, engine, gateway=PaymentGateway(concurrency=concurrency))
     await pipeline.start()
+    counter.by_collection = {}
+    counter.counting = True
     try:
         started = time.perf_counter()
         await _place(db, engine, orders, products)
         while await db.orders.count_documents({"status": {"$in": sorted(AUTOMATIC)}}):
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
+        outcome = await check(db, products)
     finally:
+        counter.counting = False
         await pipeline.stop()
         await engine.stop()
-    return orders / elapsed
+    outcome["writes_per_order"] = round(sum(counter.by_collection.values()) / orders, 2)
+    outcome["writes_per_order_by_collection"] = {
+        k: round(v / orders, 2) for k, v in sorted(counter.by_collection.items())}
+    return orders / elapsed, outcome
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         async with EmbeddedServer(data_dir=Path(tmp)) as server:
-            client = make_client(server.uri)
+            counter = WriteCounter()
+            client = make_client(server.uri, listeners=[counter])
             try:
+                paces = [await database_pace(client, f"pace{n}", args.orders * 5)
+                         for n in range(args.repeats)]
+                pace = statistics.median(paces)
+                print(f"{'database: single-document inserts':<46} {pace:8.1f} writes/s")
                 scenarios = [("bare inserts (baseline)", 0, False),
                              ("pipeline, payment concurrency 64 (default)", 64, True),
                              ("pipeline, payment concurrency 256", 256, True)]
                 for label, concurrency, on in scenarios:
-                    rates = []
+                    rates, outcomes = [], []
                     for attempt in range(args.repeats):
                         name = f"bench{len(rows)}_{attempt}"
-                        rates.append(await run_once(client, name, args.orders, concurrency, on))
-                    rows.append({"scenario": label, "payment_concurrency": concurrency or None,
-                                 "orders_per_s_median": round(statistics.median(rates), 1),
-                                 "orders_per_s_all": [round(r, 1) for r in rates]})
-                    print(f"{label:<46} {statistics.median(rates):8.1f} orders/s")
+                        rate, outcome = await run_once(client, counter, name, args.orders,
+                                                       concurrency, on)
+                        rates.append(rate)
+                        outcomes.append(outcome)
+                    row: dict[str, Any] = {
+                        "scenario": label, "payment_concurrency": concurrency or None,
+                        "orders_per_s_median": round(statistics.median(rates), 1),
+                        "orders_per_s_all": [round(r, 1) for r in rates]}
+                    line = f"{label:<46} {statistics.median(rates):8.1f} orders/s"
+                    if on:
+                        per_order = statistics.median(o["writes_per_order"] for o in outcomes)
+                        ceiling = pace / per_order
+                        row.update({"writes_per_order": per_order,
+                                    "ceiling_orders_per_s": round(ceiling, 1),
+                                    "share_of_ceiling": round(row["orders_per_s_median"]
+                                                              / ceiling, 3),
+                                    "outcomes": outcomes,
+                                    "all_checks_ok": all(o["ok"] for o in outcomes)})
+                        line += (f", {per_order} writes/order, ceiling {ceiling:.1f}/s "
+                                 f"({100 * row['share_of_ceiling']:.0f} % of it), checks "
+                                 f"{'ok' if row['all_checks_ok'] else 'FAILED'}")
+                    rows.append(row)
+                    print(line, flush=True)
             finally:
                 await client.close()
     return {"benchmark": "pipeline", "command": "python -m bench.pipeline",
             "orders_per_run": args.orders,
+            "database_writes_per_s_median": round(pace, 1),
+            "database_writes_per_s_all": [round(p, 1) for p in paces],
             "payment": "90% success, 100-800 ms bank delay, +500-1500 ms fraud check over $1,000",
             "results": rows}
 

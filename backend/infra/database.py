@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -128,12 +128,15 @@ def hosts_of(uri: str) -> str:
 
 
 def make_client(uri: str, *, selection_timeout_ms: int = 5_000,
-                writes: WriteListener | None = None) -> AsyncMongoClient[Document]:
+                writes: WriteListener | None = None,
+                listeners: Sequence[CommandListener] = ()) -> AsyncMongoClient[Document]:
     """An async client with ChangeCast's pool and retry settings (and ``writes`` told of
-    every acknowledged write)."""
+    every acknowledged write; ``listeners``: more of the driver's command listeners, say a
+    benchmark's counter)."""
+    every = [*([writes] if writes is not None else []), *listeners]
     return AsyncMongoClient(
         uri,
-        event_listeners=[writes] if writes is not None else None,
+        event_listeners=every or None,
         maxPoolSize=POOL_SIZE,
         retryWrites=True,
         retryReads=True,
