@@ -72,6 +72,19 @@ async def one_run(base: str, admin: httpx.AsyncClient, products: list[str], offs
                                                  json={"stock": offset + n + k})
                                        for k, p in enumerate(products[:16])))
                 n += 16
+        # The fill's changes may still be on their way (the stream's read, the fan-out):
+        # measuring now would time them, not the slow client. One more write, seen by a
+        # fresh watcher, comes after all of them (changes reach a socket in seq order).
+        probe, probe_seen = await watcher(base)
+        listening = asyncio.create_task(listen(probe, probe_seen))
+        marker = offset + 99_999
+        assert (await admin.put(f"/api/products/{products[0]}/stock",
+                                json={"stock": marker})).status_code == 200
+        async with asyncio.timeout(30):
+            while f"{products[0]}={marker}" not in probe_seen:
+                await asyncio.sleep(0.01)
+        listening.cancel()
+        await probe.close()
         offset += 100_000
     clients = [await watcher(base) for _ in range(WATCHERS)]
     tasks = [asyncio.create_task(listen(ws, seen)) for ws, seen in clients]
