@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import engine
-from bench.report import write
+from bench.report import point, write
 from bench.site import (
     ROOT,
     SUBSCRIBE_PRODUCTS,
@@ -223,13 +223,6 @@ def capacity(rows: list[dict[str, Any]], server: str, clients: int = 1000,
     ok = [r["rate"] for r in rows if r["server"] == server and r["clients"] == clients
           and r["p99_ms"] is not None and r["p99_ms"] <= p99_ms and r["lost"] == 0]
     return max(ok) if ok else None
-
-
-def point(rows: list[dict[str, Any]], server: str, clients: int,
-          rate: int) -> dict[str, Any] | None:
-    """The row of ``server`` at ``clients`` x ``rate``, if it was measured."""
-    return next((r for r in rows if (r["server"], r["clients"], r["rate"])
-                 == (server, clients, rate)), None)
 
 
 def bare_ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:

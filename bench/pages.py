@@ -40,11 +40,10 @@ from bench.fanout import (
     _line,
     bare_ratios,
     ensure_node,
-    point,
     process,
     run_point,
 )
-from bench.report import chart_bars, write
+from bench.report import chart_bars, point, write
 from bench.site import Site, free_port, products_of, site
 
 CURVE = {1000: (10, 30, 50, 100), 5000: (10,)}

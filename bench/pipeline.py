@@ -27,15 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pymongo.monitoring import (
-    CommandFailedEvent,
-    CommandListener,
-    CommandStartedEvent,
-    CommandSucceededEvent,
-)
-
 from backend.domain.orders import place_order
-from backend.infra.database import WRITE_COMMANDS, make_client
+from backend.infra.database import WriteListener, make_client
 from backend.infra.embedded import EmbeddedServer
 from backend.pipeline import AUTOMATIC, PaymentGateway, Pipeline
 from bench.report import chart_bars, write
@@ -46,23 +39,20 @@ STOCK = 1_000_000
 HOLDS_STOCK = frozenset({"reserved", "paid", "processing", "shipped", "delivered"})
 
 
-class WriteCounter(CommandListener):
-    """Counts the write commands sent (``counting`` on), per collection."""
+class WriteCounter:
+    """Counts the write commands this client sends (``counting`` on), per collection: the
+    app's own ``WriteListener`` recognises them and says so through ``on_send``."""
 
     def __init__(self) -> None:
         self.counting = False
         self.by_collection: dict[str, int] = {}
+        self.listener = WriteListener()
+        self.listener.on_write = lambda collection: None
+        self.listener.on_send = self._sent
 
-    def started(self, event: CommandStartedEvent) -> None:
-        if self.counting and event.command_name in WRITE_COMMANDS:
-            name = str(event.command.get(event.command_name))
-            self.by_collection[name] = self.by_collection.get(name, 0) + 1
-
-    def succeeded(self, event: CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: CommandFailedEvent) -> None:
-        pass
+    def _sent(self, collection: str) -> None:
+        if self.counting:
+            self.by_collection[collection] = self.by_collection.get(collection, 0) + 1
 
 
 class _NoEngine:
@@ -173,7 +163,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         async with EmbeddedServer(data_dir=Path(tmp)) as server:
             counter = WriteCounter()
-            client = make_client(server.uri, listeners=[counter])
+            client = make_client(server.uri, writes=counter.listener)
             try:
                 paces = [await database_pace(client, f"pace{n}", args.orders * 5)
                          for n in range(args.repeats)]

@@ -19,6 +19,13 @@ def machine() -> dict[str, Any]:
             "cpus": os.cpu_count()}
 
 
+def point(rows: list[dict[str, Any]], server: str, clients: int,
+          rate: int) -> dict[str, Any] | None:
+    """The row of ``server`` at ``clients`` x ``rate``, if it was measured."""
+    return next((r for r in rows if (r["server"], r["clients"], r["rate"])
+                 == (server, clients, rate)), None)
+
+
 def write(path: Path, report: dict[str, Any]) -> None:
     """Write ``report`` as JSON to ``path`` and say so."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.report import point
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 BEGIN = "<!-- bench-table:begin (python -m bench.table --write) -->"
@@ -124,7 +126,7 @@ def rows() -> list[tuple[str, str, str, str]]:
     pipeline = _load("pipeline")
     if pipeline:
         results = pipeline["results"]
-        bare = next((r for r in results if r["payment_concurrency"] is None), None)
+        bare = _at_concurrency(pipeline, None)
         for row in results:
             if row is bare:
                 continue
@@ -176,6 +178,12 @@ def rows() -> list[tuple[str, str, str, str]]:
     return out
 
 
+def _at_concurrency(pipeline: dict[str, Any], concurrency: int | None) -> dict[str, Any] | None:
+    """The pipeline bench's row at this payment concurrency (None: the bare inserts)."""
+    return next((r for r in pipeline["results"] if r["payment_concurrency"] == concurrency),
+                None)
+
+
 def _pages() -> list[tuple[str, str, str, str]]:
     pages = _load("pages")
     if not pages:
@@ -183,8 +191,7 @@ def _pages() -> list[tuple[str, str, str, str]]:
     out = []
     points = pages["portal"]
     for ours in (r for r in points if r["server"] == "changecast"):
-        bare = next((r for r in points if r["server"] == "bare"
-                     and (r["clients"], r["rate"]) == (ours["clients"], ours["rate"])), None)
+        bare = point(points, "bare", ours["clients"], ours["rate"])
         base = (f"bare Node ws broadcast of a {ours['frame_bytes']}-byte HTML frame: p50 "
                 f"{_ms(bare['p50_ms'])}, p99 {_ms(bare['p99_ms'])}, {_cpu(bare)}/delivery"
                 f" (load generator CPU {100 * ours['loadgen_cpu_share']:.0f} % of a core)"
@@ -291,8 +298,8 @@ def render() -> str:
 def _pair(points: list[dict[str, Any]], clients: int, rate: int
           ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """ChangeCast's and the bare Node server's row of one point, when both were measured."""
-    same = {r["server"]: r for r in points if (r["clients"], r["rate"]) == (clients, rate)}
-    return (same["changecast"], same["bare"]) if {"changecast", "bare"} <= set(same) else None
+    ours, bare = point(points, "changecast", clients, rate), point(points, "bare", clients, rate)
+    return (ours, bare) if ours and bare else None
 
 
 def headline_rows() -> list[tuple[str, str, str]]:
@@ -330,8 +337,7 @@ def headline_rows() -> list[tuple[str, str, str]]:
                     f"a 1 s TTL cache: {ttl['stale_reads']:,} of {ttl['reads']:,}"))
     pipeline = _load("pipeline")
     if pipeline:
-        bare = next((r for r in pipeline["results"] if r["payment_concurrency"] is None), None)
-        default = next((r for r in pipeline["results"] if r["payment_concurrency"] == 64), None)
+        bare, default = _at_concurrency(pipeline, None), _at_concurrency(pipeline, 64)
         if default and bare:
             share = (f" ({100 * default['share_of_ceiling']:.0f} % of what its database "
                      "allows)" if "share_of_ceiling" in default else "")

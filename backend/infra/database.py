@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -128,15 +128,12 @@ def hosts_of(uri: str) -> str:
 
 
 def make_client(uri: str, *, selection_timeout_ms: int = 5_000,
-                writes: WriteListener | None = None,
-                listeners: Sequence[CommandListener] = ()) -> AsyncMongoClient[Document]:
+                writes: WriteListener | None = None) -> AsyncMongoClient[Document]:
     """An async client with ChangeCast's pool and retry settings (and ``writes`` told of
-    every acknowledged write; ``listeners``: more of the driver's command listeners, say a
-    benchmark's counter)."""
-    every = [*([writes] if writes is not None else []), *listeners]
+    every acknowledged write)."""
     return AsyncMongoClient(
         uri,
-        event_listeners=every or None,
+        event_listeners=[writes] if writes is not None else None,
         maxPoolSize=POOL_SIZE,
         retryWrites=True,
         retryReads=True,
