@@ -44,7 +44,7 @@ mariadb:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mariadb-server >/dev/null; }
 
 test: $(STAMP) chromium mariadb
-	$(BIN)/ruff check backend streaming seed tests bench loadtest
+	$(BIN)/ruff check backend streaming seed tests bench loadtest changecast_client examples
 	$(BIN)/mypy
 	$(BIN)/pytest
 
@@ -56,8 +56,8 @@ test-mongodb: $(STAMP)
 	$(BIN)/pytest -rs tests/integration tests/backend tests/chaos tests/abuse tests/pipeline tests/domain
 
 lint: $(STAMP)
-	$(BIN)/ruff check backend streaming seed tests bench loadtest
-	$(BIN)/ruff format --check backend streaming seed tests bench loadtest
+	$(BIN)/ruff check backend streaming seed tests bench loadtest changecast_client examples
+	$(BIN)/ruff format --check backend streaming seed tests bench loadtest changecast_client examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -89,6 +89,28 @@ async def test_products_list_filters_pages_and_carries_seq(api: Api) -> None:
                                                     "cursor": page1["next_cursor"]})).json()
     assert [p["_id"] for p in page1["items"] + page2["items"]] == [p["_id"] for p in everything]
     assert page2["next_cursor"] is None
+    # Keyset paging: a page starts after the _id the last one ended with.
+    keyed = (await anon.get("/api/products", params={"limit": 40,
+                                                    "after": page1["items"][-1]["_id"]})).json()
+    assert keyed["items"] == page2["items"]
+
+
+async def test_keyset_paging_is_not_shifted_by_a_change_between_pages(api: Api) -> None:
+    """``after`` pages cannot skip a document when one before the cut leaves the listing
+    (an offset page would: everything after it moves up by one)."""
+    admin = await api.client("admin")
+    where = "status != 'cancelled'"
+    page1 = (await admin.get("/api/orders", params={"where": where, "sort": "_id",
+                                                  "limit": 10})).json()["items"]
+    ids = [o["_id"] for o in (await admin.get("/api/orders", params={
+        "where": where, "sort": "_id", "limit": 500})).json()["items"]]
+    await api.db.orders.update_one({"_id": page1[0]["_id"]}, {"$set": {"status": "cancelled"}})
+    offset = (await admin.get("/api/orders", params={"where": where, "sort": "_id", "limit": 10,
+                                                   "cursor": "10"})).json()["items"]
+    keyed = (await admin.get("/api/orders", params={"where": where, "sort": "_id", "limit": 10,
+                                                  "after": page1[-1]["_id"]})).json()["items"]
+    assert [o["_id"] for o in keyed] == ids[10:20]
+    assert offset[0]["_id"] == ids[11]  # the offset page skipped ids[10]
 
 
 @pytest.mark.parametrize(("params", "fragment"), [
@@ -96,6 +118,8 @@ async def test_products_list_filters_pages_and_carries_seq(api: Api) -> None:
     ({"limit": "0"}, "limit must be"),
     ({"limit": "many"}, "whole numbers"),
     ({"sort": "password"}, "sort must be one of"),
+    ({"after": "SKU-1", "sort": "-stock"}, "use it with sort=_id"),
+    ({"after": "SKU-1", "cursor": "10"}, "either cursor"),
 ])
 async def test_products_list_bad_input_is_400_with_a_message(api: Api, params: dict[str, str],
                                                              fragment: str) -> None:

@@ -96,6 +96,21 @@ def _paging(request: Request, sorts: set[str], default: str) -> tuple[int, int, 
     return limit, offset, order
 
 
+def _after(request: Request, order: list[tuple[str, int]]) -> str | None:
+    """``after``: keyset paging (the ``_id`` the previous page ended with), which a change
+    between two pages cannot shift; only with ``sort=_id`` and without ``cursor``."""
+    after = request.query_params.get("after")
+    if after is None:
+        return None
+    if order != [("_id", 1)]:
+        raise ApiError(400, "after pages by _id: use it with sort=_id (the default for products)")
+    if request.query_params.get("cursor"):
+        raise ApiError(400, "give either cursor (an offset) or after (an _id), not both")
+    if not 1 <= len(after) <= 200:
+        raise ApiError(400, "after must be an _id of 1..200 characters")
+    return after
+
+
 def _where(request: Request) -> Filter | None:
     text = request.query_params.get("where")
     return compile_filter(text) if text else None
@@ -110,22 +125,27 @@ def _page(items: list[Any], seq: int, offset: int, limit: int, more: bool) -> Re
 async def list_products(request: Request) -> Response:
     """
     summary: List products (served from the change-coherent cache)
-    parameters: [{name: where, in: query, schema: {type: string, maxLength: 1000}}, {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 100}}, {name: cursor, in: query, schema: {type: string, pattern: "^[0-9]{0,9}$"}}, {name: sort, in: query, schema: {type: string, enum: [_id, "-_id", name, "-name", category, "-category", price_cents, "-price_cents", stock, "-stock", updated_at, "-updated_at"]}}]
+    parameters: [{name: where, in: query, schema: {type: string, maxLength: 1000}}, {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 100}}, {name: cursor, in: query, schema: {type: string, pattern: "^[0-9]{0,9}$"}}, {name: after, in: query, description: 'keyset paging: the _id the previous page ended with (only with sort=_id)', schema: {type: string, minLength: 1, maxLength: 200}}, {name: sort, in: query, schema: {type: string, enum: [_id, "-_id", name, "-name", category, "-category", price_cents, "-price_cents", stock, "-stock", updated_at, "-updated_at"]}}]
     responses: {200: {description: a page of products, headers: {X-Stream-Seq: {schema: {type: integer}}}}, 400: {description: bad where or paging}}
     """
     state = app_state(request)
     engine = state.engine
     limit, offset, order = _paging(request, PRODUCT_SORTS, "_id")
+    after = _after(request, order)
     where = _where(request)
     seq = engine.seq  # read before the snapshot: a resume from here never leaves a gap
     docs = engine.documents("products")
     if docs is None:
         query = where.mongo if where else {}
+        if after is not None:
+            query = {"$and": [query, {"_id": {"$gt": after}}]}
         docs = await state.db.products.find(query, engine.hidden_projection("products")) \
             .sort(order).skip(offset).limit(limit + 1).to_list()
         return _page(docs[:limit], seq, offset, limit, len(docs) > limit)
     if where is not None:
         docs = [d for d in docs if where.matches(d)]
+    if after is not None:
+        docs = [d for d in docs if d["_id"] > after]
     for field, direction in reversed(order):
         docs.sort(key=_key_of(field), reverse=direction < 0)
     return _page(docs[offset:offset + limit], seq, offset, limit, len(docs) > offset + limit)
@@ -175,14 +195,17 @@ async def put_stock(request: Request) -> Response:
 async def list_orders(request: Request) -> Response:
     """
     summary: List orders (customers see their own)
-    parameters: [{name: where, in: query, schema: {type: string, maxLength: 1000}}, {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 100}}, {name: cursor, in: query, schema: {type: string, pattern: "^[0-9]{0,9}$"}}, {name: sort, in: query, schema: {type: string, enum: [_id, "-_id", created_at, "-created_at", updated_at, "-updated_at", total_cents, "-total_cents", status, "-status", user_id, "-user_id"]}}]
+    parameters: [{name: where, in: query, schema: {type: string, maxLength: 1000}}, {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 100}}, {name: cursor, in: query, schema: {type: string, pattern: "^[0-9]{0,9}$"}}, {name: after, in: query, description: 'keyset paging: the _id the previous page ended with (only with sort=_id)', schema: {type: string, minLength: 1, maxLength: 200}}, {name: sort, in: query, schema: {type: string, enum: [_id, "-_id", created_at, "-created_at", updated_at, "-updated_at", total_cents, "-total_cents", status, "-status", user_id, "-user_id"]}}]
     responses: {200: {description: a page of orders, headers: {X-Stream-Seq: {schema: {type: integer}}}}, 400: {description: bad where or paging}, 401: {description: not signed in}}
     """
     user = await require_user(request)
     limit, offset, order = _paging(request, ORDER_SORTS, "-created_at")
+    after = _after(request, order)
     where = _where(request)
     state = app_state(request)
-    own = {} if user.is_admin else {"user_id": user.id}
+    own: dict[str, Any] = {} if user.is_admin else {"user_id": user.id}
+    if after is not None:
+        own["_id"] = {"$gt": after}
     seq = state.engine.seq
     projection = state.engine.hidden_projection("orders")
     if where is not None and state.database.kind == "embedded":

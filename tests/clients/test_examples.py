@@ -1,0 +1,53 @@
+"""The examples in examples/ run as a user would run them, against a real server: each lists
+the low-stock products, then prints a product that drops below the line and leaves it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.clients.drivers import node_command
+from tests.conftest import ROOT
+from tests.support.server import serve_site
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+async def line_with(proc: asyncio.subprocess.Process, text: str, seen: list[str]) -> str:
+    assert proc.stdout is not None
+    async with asyncio.timeout(20):
+        while True:
+            raw = await proc.stdout.readline()
+            assert raw, f"the example exited; it printed {seen}"
+            seen.append(raw.decode().rstrip())
+            if text in seen[-1]:
+                return seen[-1]
+
+
+@pytest.mark.parametrize("language", ["python", "js"])
+async def test_watch_low_stock_example_prints_the_list_then_each_change(
+    nx_uri: str, tmp_path: Path, language: str
+) -> None:
+    async with serve_site(nx_uri, tmp_path / "site", pipeline_enabled=False) as (base, db):
+        low = await db.products.count_documents({"stock": {"$lt": 10}})
+        command = [sys.executable, str(ROOT / "examples" / "watch_low_stock.py")] \
+            if language == "python" else [*node_command(), str(ROOT / "examples" / "watch_low_stock.mjs")]
+        proc = await asyncio.create_subprocess_exec(
+            *command, base, "10", stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        seen: list[str] = []
+        try:
+            assert await line_with(proc, "products below 10:", seen) == f"{low} products below 10:"
+            product = await db.products.find_one({"stock": {"$gte": 10}})
+            assert product is not None
+            await db.products.update_one({"_id": product["_id"]}, {"$set": {"stock": 2}})
+            assert (await line_with(proc, product["_id"], seen)).startswith(f"! {product['_id']} stock 2")
+            await db.products.update_one({"_id": product["_id"]}, {"$set": {"stock": 50}})
+            assert await line_with(proc, "stocked again", seen) == f"- {product['_id']} is stocked again"
+        finally:
+            proc.terminate()
+            await proc.wait()
