@@ -33,7 +33,7 @@ logger = logging.getLogger("changecast.cli")
 EXIT_USAGE = 2
 # The benchmark suite (``bench/``), in the order ``make bench`` runs it.
 BENCHMARKS = ("propagation", "fanout", "pages", "cache", "pipeline", "connections", "sources",
-              "idle", "writepath")
+              "idle", "writepath", "clients")
 
 
 class CliError(Exception):

@@ -40,6 +40,19 @@ class Site:
     db_name: str
     server: subprocess.Popen[bytes]
     database_pid: int | None = None
+    command: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
+
+    async def restart(self, down_s: float = 0.0) -> float:
+        """Stop the server (SIGTERM, as a deploy does), wait ``down_s``, start it again on
+        the same port and database; returns the ``perf_counter`` at which it answered
+        ``/api/health`` again."""
+        stop_process(self.server, 15)
+        await asyncio.sleep(down_s)
+        self.server = subprocess.Popen(list(self.command), env=self.env, cwd=ROOT,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await _wait_healthy(self.base, self.server, poll_s=0.01)
+        return time.perf_counter()
 
     @property
     def ws(self) -> str:
@@ -128,11 +141,12 @@ async def site(*, pipeline: bool = False, extra_env: dict[str, str] | None = Non
         server = subprocess.Popen(command, env=env,
                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
+        served = Site(base, nx.uri, "bench", server, nx.pid, tuple(command), env)
         try:
             await _wait_healthy(base, server)
-            yield Site(base, nx.uri, "bench", server, nx.pid)
+            yield served
         finally:
-            stop_process(server, 15)
+            stop_process(served.server, 15)
             await nx.stop()
 
 
@@ -189,7 +203,8 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
         proc.kill()
 
 
-async def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout: float = 60) -> None:
+async def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout: float = 60,
+                        poll_s: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(base_url=base, timeout=2) as client:
         while time.monotonic() < deadline:
@@ -198,7 +213,7 @@ async def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout: flo
             with contextlib.suppress(httpx.HTTPError):
                 if (await client.get("/api/health")).status_code == 200:
                     return
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(poll_s)
     raise RuntimeError("the server did not become healthy")
 
 

@@ -175,7 +175,35 @@ def rows() -> list[tuple[str, str, str, str]]:
                     "`python -m bench.sources`"))
     out.extend(_idle())
     out.extend(_writepath())
+    out.extend(_clients())
     return out
+
+
+def _clients() -> list[tuple[str, str, str, str]]:
+    clients = _load("clients")
+    if not clients:
+        return []
+    consume, restart = clients["consume"], clients["restart"]
+    ours, bare = (consume["ways"][w]["events_per_s"] for w in
+                  ("changecast_client", "bare websockets + json.loads"))
+    mine, naive = restart["ways"]["changecast_client"], restart["ways"]["naive"]
+
+    def exact(way: dict[str, Any]) -> str:
+        return (f"exact {_ms(way['exact_after_ms_p50'])} after the server answers again; "
+                f"{way['runs_wrong_at_the_end']} of {restart['restarts']} runs still wrong "
+                "once the writes stopped")
+
+    return [
+        (f"one Python client consuming changes, view kept current ({_n(consume['events'])} "
+         "events)", f"`changecast_client`: {_n(ours)} events/s",
+         f"bare `websockets` + `json.loads`, no view: {_n(bare)} events/s "
+         f"(feed CPU ≤ {consume['feed_cpu_max_pct']:g} %)", "`python -m bench.clients`"),
+        (f"server restart under {restart['write_rate']:g} writes/s → client view exact "
+         f"({restart['restarts']} restarts)", "`changecast_client` (jittered back-off, resume, "
+         "announced reload): " + exact(mine),
+         f"naive reconnect every {restart['naive_retry_s']:g} s + refetch + subscribe: "
+         + exact(naive), "`python -m bench.clients`"),
+    ]
 
 
 def _at_concurrency(pipeline: dict[str, Any], concurrency: int | None) -> dict[str, Any] | None:

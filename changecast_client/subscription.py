@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Protocol
 
 from changecast_client.errors import ChangeCastError, ConnectError
 from changecast_client.events import (
@@ -19,10 +19,18 @@ from changecast_client.events import (
     apply,
 )
 
-if TYPE_CHECKING:
-    from changecast_client.client import Client
-
 _END = object()
+
+
+class Connection(Protocol):
+    """What a subscription needs of its client (``Client``)."""
+
+    def _next_id(self) -> str: ...
+    async def _request_subscribe(self, sub: Subscription, sub_id: str,
+                                 resume_from: int | None) -> dict[str, Any]: ...
+    async def _unsubscribe(self, sub: Subscription) -> None: ...
+    async def load(self, collection: str, where: str | None) -> tuple[dict[str, Any], int]: ...
+    def spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None: ...
 
 
 class Subscription:
@@ -30,7 +38,7 @@ class Subscription:
     as of the last event applied (a ``dict`` by key, kept current whether or not anyone
     iterates); ``seq`` is the last change applied."""
 
-    def __init__(self, client: Client, collection: str, where: str | None, *, snapshot: bool,
+    def __init__(self, client: Connection, collection: str, where: str | None, *, snapshot: bool,
                  events: bool, max_pending: int) -> None:
         self.client = client
         self.collection = collection

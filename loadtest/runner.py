@@ -1,10 +1,11 @@
 """``changecast loadtest``: real HTTP writers and WebSocket watchers against a running server.
 
 Writers place orders (as demo customers) and change stock (as the admin) at a
-target rate; ``--clients`` WebSocket clients subscribe to products and orders
-and timestamp every change they receive. Write→client latency is the time from
-the moment a write was sent to the moment each client saw it; it is matched
-after the run (a client may see a change before the write's response is back).
+target rate; ``--clients`` WebSocket clients (``changecast_client``, one socket
+each) subscribe to products and orders and timestamp every change they receive.
+Write→client latency is the time from the moment a write was sent to the moment
+each client saw it; it is matched after the run (a client may see a change
+before the write's response is back).
 Per-stage pipeline durations come from the orders' audit trails.
 """
 
@@ -21,9 +22,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
 
 from backend.infra.progress import ProgressBar
+from changecast_client import Change, ChangeCastError, Client, ResyncBegin, Subscription, connect
 from loadtest.scenarios import Scenario
 from streaming import percentile as nearest_rank
 
@@ -70,28 +71,22 @@ def spread(values: list[float]) -> dict[str, Any]:
 
 
 class Watcher:
-    """One WebSocket client: first time it saw each order id / product stock value."""
+    """One WebSocket client (``changecast_client``): first time it saw each order id / product
+    stock value."""
 
     def __init__(self) -> None:
         self.seen: dict[str, float] = {}
         self.messages = 0
         self.resyncs = 0
 
-    async def run(self, ws: ClientConnection, ready: asyncio.Event, wanted: int) -> None:
-        subscribed = 0
-        async for raw in ws:
+    async def consume(self, sub: Subscription) -> None:
+        async for event in sub:
             now = time.perf_counter()
-            message = json.loads(raw)
-            kind = message.get("type")
-            if kind == "subscribed":
-                subscribed += 1
-                if subscribed == wanted:
-                    ready.set()
-            elif kind == "resync":
+            if isinstance(event, ResyncBegin):
                 self.resyncs += 1
-            elif kind == "change":
+            elif isinstance(event, Change):
                 self.messages += 1
-                for key in change_keys(message):
+                for key in change_keys(event):
                     self.seen.setdefault(key, now)
 
 
@@ -105,12 +100,16 @@ def stock_key(message: dict[str, Any]) -> str | None:
     return None if stock is None else f"{message['key']}={stock}"
 
 
-def change_keys(message: dict[str, Any]) -> list[str]:
+def change_keys(change: Change) -> list[str]:
     """The keys a change can be matched on: an order id, a product's new stock value."""
-    if message.get("collection") == "orders" and message.get("op") in ("insert", "enter"):
-        return [f"order:{message['key']}"]
-    key = stock_key(message)
-    return [f"stock:{key}"] if key is not None else []
+    if change.collection == "orders" and change.op in ("insert", "enter"):
+        return [f"order:{change.key}"]
+    if change.collection != "products":
+        return []
+    stock = change.diff.set.get("stock") if change.diff is not None else None
+    if stock is None and change.doc is not None:
+        stock = change.doc.get("stock")
+    return [] if stock is None else [f"stock:{change.key}={stock}"]
 
 
 def latencies(sent: dict[str, float], clients: list[dict[str, float]]) -> tuple[list[float], int]:
@@ -157,13 +156,14 @@ class LoadTest:
                                 f"{response.text[:200]}")
         return client
 
-    async def _watch(self, cookie: str, ready: asyncio.Event) -> tuple[ClientConnection, Watcher]:
-        ws_url = self.url.replace("http://", "ws://").replace("https://", "wss://") + "/ws"
-        ws = await connect(ws_url, origin=self.url,  # type: ignore[arg-type]
-                           additional_headers={"Cookie": cookie}, max_queue=None)
-        await ws.send(json.dumps({"op": "subscribe", "id": "p", "collection": "products"}))
-        await ws.send(json.dumps({"op": "subscribe", "id": "o", "collection": "orders"}))
-        return ws, Watcher()
+    async def _watch(self, cookie: str) -> tuple[Client, list[asyncio.Task[None]], Watcher]:
+        """One watcher: a client of its own (one socket) with products and orders from now
+        on (no snapshot: the run matches changes, not documents)."""
+        client = await connect(self.url, cookie)
+        watcher = Watcher()
+        subs = [await client.subscribe(collection, snapshot=False)
+                for collection in ("products", "orders")]
+        return client, [asyncio.create_task(watcher.consume(sub)) for sub in subs], watcher
 
     # ---- the run -------------------------------------------------------------------------
 
@@ -176,7 +176,7 @@ class LoadTest:
         customers = [await self._signed_in(f"customer{n:02d}@example.com", self.customer_password)
                      for n in range(1, 6)]
         clients = [admin, *customers]
-        sockets: list[ClientConnection] = []
+        sockets: list[Client] = []
         tasks: list[asyncio.Task[None]] = []
         try:
             before = (await admin.get("/api/metrics")).json()
@@ -186,12 +186,13 @@ class LoadTest:
                 raise LoadTestError("the server has no products; seed it first")
             cookie = "; ".join(f"{k}={v}" for k, v in admin.cookies.items())
             for _ in range(scenario.clients):
-                ready = asyncio.Event()
-                ws, watcher = await self._watch(cookie, ready)
-                sockets.append(ws)
+                try:
+                    socket, consumers, watcher = await self._watch(cookie)
+                except ChangeCastError as exc:
+                    raise LoadTestError(f"cannot watch {self.url}: {exc}") from None
+                sockets.append(socket)
                 self.watchers.append(watcher)
-                tasks.append(asyncio.create_task(watcher.run(ws, ready, 2)))
-                await asyncio.wait_for(ready.wait(), 10)
+                tasks.extend(consumers)
             started = time.perf_counter()
             await self._drive(admin, customers, started)
             elapsed = time.perf_counter() - started
@@ -201,9 +202,9 @@ class LoadTest:
             after = (await admin.get("/api/metrics")).json()
             stages = await self._stages(admin)
         finally:
-            for ws in sockets:
+            for socket in sockets:
                 with contextlib.suppress(Exception):
-                    await ws.close()
+                    await socket.close()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = ("backend", "streaming", "seed", "loadtest", "bench", "frontend", "tests")
+OURS = ("backend", "streaming", "seed", "loadtest", "bench", "frontend", "tests",
+        "changecast_client")
 # package -> the packages of ours it must not import (a prefix forbids its subpackages too)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "streaming": ("backend", "seed", "loadtest", "bench", "tests", "starlette", "jinja2",
@@ -28,6 +29,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
              "bench", "starlette"),
     "loadtest": ("backend.web", "backend.pipeline", "backend.domain", "backend.cli", "seed",
                  "bench"),
+    # The client library stands alone: websockets and the standard library only.
+    "changecast_client": ("backend", "streaming", "seed", "loadtest", "bench", "tests",
+                          "starlette", "pymongo", "httpx", "msgspec", "uvicorn"),
 }
 
 
@@ -75,7 +79,7 @@ def violations() -> list[str]:
 
 
 def circles(packages: tuple[str, ...] = ("backend", "streaming", "seed", "loadtest",
-                                          "bench")) -> list[list[str]]:
+                                          "bench", "changecast_client")) -> list[list[str]]:
     """Modules of ours that import each other round a circle (Tarjan's strongly connected
     components of the import graph, imports under ``TYPE_CHECKING`` included: a circle of
     types is a circle of design too)."""
