@@ -51,3 +51,28 @@ async def test_watch_low_stock_example_prints_the_list_then_each_change(
         finally:
             proc.terminate()
             await proc.wait()
+
+
+async def test_the_readme_python_example_runs_as_printed(nx_uri: str, tmp_path: Path) -> None:
+    """The README's client example, cut out of README.md and pointed at a real server."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Clients"):]
+    code = section[section.index("```python\n") + 10:section.index("```", section.index("```python") + 9)]
+    assert len(code.strip().splitlines()) <= 10  # the issue's limit
+    async with serve_site(nx_uri, tmp_path / "site", pipeline_enabled=False) as (base, db):
+        script = tmp_path / "readme_example.py"
+        script.write_text(code.replace("http://127.0.0.1:8000", base))
+        low = await db.products.count_documents({"stock": {"$lt": 10}})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        seen: list[str] = []
+        try:
+            assert await line_with(proc, "products low", seen) == f"Snapshot {low} products low"
+            product = await db.products.find_one({"stock": {"$gte": 10}})
+            assert product is not None
+            await db.products.update_one({"_id": product["_id"]}, {"$set": {"stock": 1}})
+            assert await line_with(proc, "Change", seen) == f"Change {low + 1} products low"
+        finally:
+            proc.terminate()
+            await proc.wait()
