@@ -4,9 +4,12 @@ the low-stock products, then prints a product that drops below the line and leav
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +31,27 @@ async def line_with(proc: asyncio.subprocess.Process, text: str, seen: list[str]
                 return seen[-1]
 
 
+@contextlib.asynccontextmanager
+async def script(*command: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A program run as a user would (its output piped here), stopped at the end."""
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def low_stock_product(db: Any) -> str:
+    """A product above the line, now put below it: its id."""
+    product = await db.products.find_one({"stock": {"$gte": 10}})
+    assert product is not None
+    await db.products.update_one({"_id": product["_id"]}, {"$set": {"stock": 2}})
+    return str(product["_id"])
+
+
 @pytest.mark.parametrize("language", ["python", "js"])
 async def test_watch_low_stock_example_prints_the_list_then_each_change(
     nx_uri: str, tmp_path: Path, language: str
@@ -36,21 +60,13 @@ async def test_watch_low_stock_example_prints_the_list_then_each_change(
         low = await db.products.count_documents({"stock": {"$lt": 10}})
         command = [sys.executable, str(ROOT / "examples" / "watch_low_stock.py")] \
             if language == "python" else [*node_command(), str(ROOT / "examples" / "watch_low_stock.mjs")]
-        proc = await asyncio.create_subprocess_exec(
-            *command, base, "10", stdout=asyncio.subprocess.PIPE, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
         seen: list[str] = []
-        try:
+        async with script(*command, base, "10") as proc:
             assert await line_with(proc, "products below 10:", seen) == f"{low} products below 10:"
-            product = await db.products.find_one({"stock": {"$gte": 10}})
-            assert product is not None
-            await db.products.update_one({"_id": product["_id"]}, {"$set": {"stock": 2}})
-            assert (await line_with(proc, product["_id"], seen)).startswith(f"! {product['_id']} stock 2")
-            await db.products.update_one({"_id": product["_id"]}, {"$set": {"stock": 50}})
-            assert await line_with(proc, "stocked again", seen) == f"- {product['_id']} is stocked again"
-        finally:
-            proc.terminate()
-            await proc.wait()
+            product = await low_stock_product(db)
+            assert (await line_with(proc, product, seen)).startswith(f"! {product} stock 2")
+            await db.products.update_one({"_id": product}, {"$set": {"stock": 50}})
+            assert await line_with(proc, "stocked again", seen) == f"- {product} is stocked again"
 
 
 async def test_the_readme_python_example_runs_as_printed(nx_uri: str, tmp_path: Path) -> None:
@@ -60,19 +76,11 @@ async def test_the_readme_python_example_runs_as_printed(nx_uri: str, tmp_path: 
     code = section[section.index("```python\n") + 10:section.index("```", section.index("```python") + 9)]
     assert len(code.strip().splitlines()) <= 10  # the issue's limit
     async with serve_site(nx_uri, tmp_path / "site", pipeline_enabled=False) as (base, db):
-        script = tmp_path / "readme_example.py"
-        script.write_text(code.replace("http://127.0.0.1:8000", base))
+        example = tmp_path / "readme_example.py"
+        example.write_text(code.replace("http://127.0.0.1:8000", base))
         low = await db.products.count_documents({"stock": {"$lt": 10}})
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(script), stdout=asyncio.subprocess.PIPE, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
         seen: list[str] = []
-        try:
+        async with script(sys.executable, str(example)) as proc:
             assert await line_with(proc, "products low", seen) == f"Snapshot {low} products low"
-            product = await db.products.find_one({"stock": {"$gte": 10}})
-            assert product is not None
-            await db.products.update_one({"_id": product["_id"]}, {"$set": {"stock": 1}})
+            await low_stock_product(db)
             assert await line_with(proc, "Change", seen) == f"Change {low + 1} products low"
-        finally:
-            proc.terminate()
-            await proc.wait()
