@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 WATCHERS = 10
 RATE = 60  # stock writes per second while latency is measured
 SECONDS = 4
+PAIRS = 5
 
 
 def p99(values: list[float]) -> float:
@@ -125,9 +126,11 @@ async def test_a_client_that_stops_reading_is_cut_off_and_slows_nobody(
         assert login.status_code == 200
         products = [p["_id"] for p in
                     (await admin.get("/api/products", params={"limit": 500})).json()["items"]]
-        # Alternating pairs on a shared, noisy machine: the medians of three p99s are compared.
+        # Alternating pairs on a shared, noisy machine: the medians of the p99s are compared.
+        # (Three pairs were once not enough: CI saw the machine stall for seconds, once in
+        # an alone run (p99 215 ms) and twice in crowded ones, 113 and 64 ms against 14.)
         alone_p99, crowded_p99, reasons = [], [], []
-        for pair in range(3):
+        for pair in range(PAIRS):
             alone, _ = await one_run(base, admin, products, 1_000_000 * pair + 1_000,
                                      with_slow=False)
             crowded, slow = await one_run(base, admin, products, 1_000_000 * pair + 5_000,
@@ -147,9 +150,9 @@ async def test_a_client_that_stops_reading_is_cut_off_and_slows_nobody(
             reasons.extend(said)
             await slow.close()
         metrics: dict[str, Any] = (await admin.get("/api/metrics")).json()
-    assert metrics["cutoffs"] == 3 and metrics["dropped"] > 0  # each slow client, once
+    assert metrics["cutoffs"] == PAIRS and metrics["dropped"] > 0  # each slow client, once
     assert metrics["queue_depth_max"] <= 1_000  # the queue bound held
-    assert len(reasons) == 3 * 32 and all("slow consumer" in reason for reason in reasons)
+    assert len(reasons) == PAIRS * 32 and all("slow consumer" in reason for reason in reasons)
     p99_alone, p99_crowded = statistics.median(alone_p99), statistics.median(crowded_p99)
     print(f"p99 without the slow client {alone_p99} ms, with it {crowded_p99} ms; medians "
           f"{p99_alone:.1f} / {p99_crowded:.1f} ms, ratio {p99_crowded / p99_alone:.2f}")
