@@ -201,6 +201,11 @@ def stocks(view: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {key: doc.get("stock") for key, doc in view.items()}
 
 
+async def truth(db: Any) -> dict[str, Any]:
+    """Every product's stock in the database now."""
+    return {d["_id"]: d.get("stock") for d in await db.products.find({}, {"stock": 1}).to_list()}
+
+
 View = Callable[[], dict[str, dict[str, Any]]]
 OURS = "changecast_client"
 OURS_FAST = "changecast_client, back-off ≤ 0.25 s"
@@ -225,20 +230,20 @@ async def restart_once(cc: Site, db: Any, views: dict[str, View],
     exact_at: dict[str, float | None] = dict.fromkeys(views)
     deadline = back + args.after
     while time.perf_counter() < deadline and None in exact_at.values():
-        truth = stocks({d["_id"]: d for d in await db.products.find({}, {"stock": 1}).to_list()})
+        now_true = await truth(db)
         now = time.perf_counter()
         for way, view in views.items():
-            if exact_at[way] is None and stocks(view()) == truth:
+            if exact_at[way] is None and stocks(view()) == now_true:
                 exact_at[way] = now - back
         await asyncio.sleep(0.005)
     await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
     stop.set()
     await writing
     await asyncio.sleep(1.0)  # every change the writer made has had time to arrive
-    truth = stocks({d["_id"]: d for d in await db.products.find({}, {"stock": 1}).to_list()})
+    final = await truth(db)
     return {way: {"exact_after_ms": None if at is None else round(at * 1000, 1),
                   "wrong_at_the_end": sum(stocks(views[way]()).get(k) != v
-                                          for k, v in truth.items())}
+                                          for k, v in final.items())}
             for way, at in exact_at.items()}
 
 

@@ -43,12 +43,11 @@ class Site:
     command: tuple[str, ...] = ()
     env: dict[str, str] | None = None
 
-    async def restart(self, down_s: float = 0.0) -> float:
-        """Stop the server (SIGTERM, as a deploy does), wait ``down_s``, start it again on
-        the same port and database; returns the ``perf_counter`` at which it answered
-        ``/api/health`` again."""
+    async def restart(self) -> float:
+        """Stop the server (SIGTERM, as a deploy does) and start it again on the same port
+        and database; returns the ``perf_counter`` at which it answered ``/api/health``
+        again."""
         stop_process(self.server, 15)
-        await asyncio.sleep(down_s)
         self.server = subprocess.Popen(list(self.command), env=self.env, cwd=ROOT,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await _wait_healthy(self.base, self.server, poll_s=0.01)

@@ -76,6 +76,14 @@ class Status:
 Event = Snapshot | Change | ResyncBegin | ResyncEnd | Status
 
 
+def new_stock(changed: dict[str, Any] | None, doc: Document | None) -> Any:
+    """The stock a products change leaves: from its ``set``, else its whole document."""
+    stock = (changed or {}).get("stock")
+    if stock is None and isinstance(doc, dict):
+        stock = doc.get("stock")
+    return stock
+
+
 def apply(view: dict[str, Document], change: Change) -> None:
     """Apply one change to a view (a dict of documents by key)."""
     if change.op in ("insert", "replace", "enter"):

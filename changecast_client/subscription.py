@@ -93,9 +93,9 @@ class Subscription:
             return
         self._ended, self._error = True, error
         if self._queue is not None:
-            with contextlib.suppress(asyncio.QueueFull):
+            try:
                 self._queue.put_nowait(_END)
-            if self._queue.full():  # the application is behind: make room for the end
+            except asyncio.QueueFull:  # the application is behind: make room for the end
                 self._queue.get_nowait()
                 self._queue.put_nowait(_END)
 
@@ -133,7 +133,7 @@ class Subscription:
                 if first:
                     raise
             except ChangeCastError as exc:
-                if first or getattr(exc, "code", "") not in ("503", "unavailable", "500", "error"):
+                if first or exc.code not in ("503", "unavailable", "500", "error"):
                     raise
             attempt += 1
             await asyncio.sleep(min(5.0, 0.1 * 2 ** attempt))

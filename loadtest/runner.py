@@ -25,6 +25,7 @@ import httpx
 
 from backend.infra.progress import ProgressBar
 from changecast_client import Change, ChangeCastError, Client, ResyncBegin, Subscription, connect
+from changecast_client.events import new_stock
 from loadtest.scenarios import Scenario
 from streaming import percentile as nearest_rank
 
@@ -94,9 +95,7 @@ def stock_key(message: dict[str, Any]) -> str | None:
     """``product=stock`` of a products change message: what a stock write is matched on."""
     if message.get("type") != "change" or message.get("collection") != "products":
         return None
-    stock = ((message.get("changes") or {}).get("set") or {}).get("stock")
-    if stock is None and isinstance(message.get("doc"), dict):
-        stock = message["doc"].get("stock")
+    stock = new_stock((message.get("changes") or {}).get("set"), message.get("doc"))
     return None if stock is None else f"{message['key']}={stock}"
 
 
@@ -106,9 +105,7 @@ def change_keys(change: Change) -> list[str]:
         return [f"order:{change.key}"]
     if change.collection != "products":
         return []
-    stock = change.diff.set.get("stock") if change.diff is not None else None
-    if stock is None and change.doc is not None:
-        stock = change.doc.get("stock")
+    stock = new_stock(change.diff.set if change.diff is not None else None, change.doc)
     return [] if stock is None else [f"stock:{change.key}={stock}"]
 
 

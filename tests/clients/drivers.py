@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from changecast_client import Change, Client, ResyncBegin, ResyncEnd, Snapshot, Status, connect
+from changecast_client.events import new_stock
 
 HERE = Path(__file__).parent
 
@@ -25,9 +26,7 @@ class Driver(Protocol):
 def entry(event: Any) -> list[Any]:
     """One log line: [type, seq, key, op or state, stock or size] (as driver.mjs writes)."""
     if isinstance(event, Change):
-        stock = (event.diff.set.get("stock") if event.diff else None)
-        if stock is None and event.doc is not None:
-            stock = event.doc.get("stock")
+        stock = new_stock(event.diff.set if event.diff else None, event.doc)
         return ["change", event.seq, event.key, event.op, stock]
     if isinstance(event, Snapshot):
         return ["snapshot", event.seq, None, None, len(event.docs)]

@@ -7,10 +7,7 @@ lists, no change reached the application twice, and where the server still had t
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,26 +31,13 @@ ADMIN = ("admin@example.com", DEFAULT_ADMIN_PASSWORD)
 PRODUCT = "SKU-BOO-001"
 
 
-def http(app: AppProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        app.base + path, method=method, data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json", "Cookie": app.cookie})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-    except OSError:
-        return 0, None
-
-
 async def set_stock(app: AppProcess, values: range, written: list[int]) -> None:
     """Set the product's stock to each value in turn (again after a 503: the database may be
     coming back); ``written`` gets each value the server acknowledged."""
     for value in values:
         for _ in range(200):
-            status, _ = await asyncio.to_thread(http, app, "PUT", f"/api/products/{PRODUCT}/stock",
-                                                {"stock": value})
+            status, _ = await asyncio.to_thread(app.request, "PUT",
+                                                f"/api/products/{PRODUCT}/stock", {"stock": value})
             if status == 200:
                 written.append(value)
                 break
@@ -81,7 +65,7 @@ async def until_seen(driver: Driver, count: int) -> dict[str, Any]:
 
 
 async def listing(app: AppProcess) -> dict[str, Any]:
-    status, body = await asyncio.to_thread(http, app, "GET", "/api/products?limit=500")
+    status, body = await asyncio.to_thread(app.request, "GET", "/api/products?limit=500")
     assert status == 200 and body["next_cursor"] is None
     return {doc["_id"]: doc for doc in body["items"]}
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -63,14 +64,25 @@ class AppProcess:
         with urllib.request.urlopen(request, timeout=10) as r:
             return str(r.headers["Set-Cookie"].split(";")[0])
 
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One JSON request as the signed-in admin: (status, decoded body); (0, None) when
+        nothing answers (the server is down)."""
+        request = urllib.request.Request(
+            self.base + path, method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json", "Cookie": self.cookie})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+        except OSError:
+            return 0, None
+
     def order(self, user: str, product: str, quantity: int = 1) -> None:
-        body = json.dumps({"user_id": user, "items": [{"product_id": product,
-                                                         "quantity": quantity}]})
-        request = urllib.request.Request(self.base + "/api/orders", data=body.encode(),
-                                         headers={"Content-Type": "application/json",
-                                                  "Cookie": self.cookie})
-        with urllib.request.urlopen(request, timeout=10) as r:
-            assert r.status == 201
+        status, _ = self.request("POST", "/api/orders", {
+            "user_id": user, "items": [{"product_id": product, "quantity": quantity}]})
+        assert status == 201
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None:
