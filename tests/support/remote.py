@@ -52,9 +52,11 @@ class RemoteView:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        """Never raises: it runs in the tests' ``finally``, before the server is stopped (a
+        view that failed shows in the test's own assertions)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         if self.client is not None:
             await self.client.close()
