@@ -67,7 +67,10 @@ class PythonDriver:
             self.failure = {"error": type(exc).__name__, "message": str(exc)}
 
     async def state(self) -> dict[str, Any]:
-        await asyncio.sleep(0)  # let the consumer take what has arrived
+        # The reader applies a change to the view and queues its event in one step: once the
+        # consumer has emptied the queue, the log holds every change the view does.
+        while self.sub._queue is not None and not self.sub._queue.empty():
+            await asyncio.sleep(0)
         assert self.client is not None
         return {"view": json.loads(json.dumps(self.sub.view)), "log": list(self.log),
                 "resyncs": self.sub.resyncs, "duplicates": self.sub.duplicates,
