@@ -69,7 +69,9 @@ class PythonDriver:
     async def state(self) -> dict[str, Any]:
         # The reader applies a change to the view and queues its event in one step: once the
         # consumer has emptied the queue, the log holds every change the view does.
-        while self.sub._queue is not None and not self.sub._queue.empty():
+        # (An ended subscription keeps its end marker queued: stop once the consumer is done.)
+        while self.sub._queue is not None and not self.sub._queue.empty() \
+                and self.task is not None and not self.task.done():
             await asyncio.sleep(0)
         assert self.client is not None
         return {"view": json.loads(json.dumps(self.sub.view)), "log": list(self.log),
