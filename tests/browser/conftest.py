@@ -125,9 +125,14 @@ async def site(nx_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
         front = Front(app)
         return front
 
+    # The tests write through their own client (``site.db``), which to the app is another
+    # process: a quiet stream sees such a write within ``idle_poll_max_s`` (1 s by default, the
+    # whole LIVE budget; the CI on 250232d caught a stock change still unshown after 1 s).
+    # At 0.1 s the budget measures the delivery, as a write through the app itself would.
     async with serve_site(nx_uri, tmp_path_factory.mktemp("web"), wrap=wrap,
                           pipeline_enabled=True, payment_success_rate=1.0,
-                          payment_latency_ms=(20, 60), heartbeat_s=1.0) as (base, db):
+                          payment_latency_ms=(20, 60), heartbeat_s=1.0,
+                          idle_poll_max_s=0.1) as (base, db):
         assert front is not None
         yield Site(base, db, front)
 

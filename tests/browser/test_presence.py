@@ -31,7 +31,8 @@ async def second(site: Site, nx_uri: str, tmp_path_factory: pytest.TempPathFacto
     """Another instance of the app on the same database (its own engine and streams)."""
     await site.db.users.update_one({"_id": OPS["_id"]}, {"$set": OPS}, upsert=True)
     async with serve_site(nx_uri, tmp_path_factory.mktemp("second"), db_name=site.db.name,
-                          pipeline_enabled=False, heartbeat_s=1.0) as (base, db):
+                          pipeline_enabled=False, heartbeat_s=1.0,
+                          idle_poll_max_s=0.1) as (base, db):  # as the first (conftest)
         yield Site(base, db, site.front, site.page_errors, site.console_errors, site.contexts)
 
 
