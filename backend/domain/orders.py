@@ -13,6 +13,7 @@ import random
 import re
 import string
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -41,8 +42,12 @@ FINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 # Statuses in which the order holds reserved stock.
 HOLDS_STOCK = frozenset({"reserved", "paid", "processing"})
 ADMIN_NEXT = {"paid": "processing", "processing": "shipped", "shipped": "delivered"}
-# The pipeline's bookkeeping on an order: kept out of events and answers (see backend.web.app).
+# The pipeline's bookkeeping on an order: kept out of events and answers.
 INTERNAL = ("claim", "claim_at", "transition_id", "refund_at", stock.RESTOCKED_AT)
+# Fields that never leave the server: the engine keeps them out of its cache and events,
+# and the API out of its answers (secrets, and the pipeline's own bookkeeping: a claim
+# alone is not news to anybody).
+HIDDEN_FIELDS = {"users": ("password_hash",), "orders": INTERNAL, **stock.HIDDEN}
 ID_ALPHABET = string.ascii_uppercase + string.digits
 _SYSTEM_RANDOM = random.SystemRandom()
 _CORRELATION = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -75,12 +80,15 @@ def idempotent_order_id(user_id: str, key: str) -> str:
 
 async def place_order(db: AsyncDatabase[Document], engine: ChangeEngine, *, user_id: str,
                       items: list[tuple[str, int]], correlation: str, actor: str,
-                      idempotency_key: str | None = None) -> tuple[Document, bool]:
+                      idempotency_key: str | None = None,
+                      claim: Callable[[str], Document] | None = None) -> tuple[Document, bool]:
     """Insert a ``pending`` order priced from the database; returns (order, created).
 
     With ``idempotency_key`` the order id is derived from it, so a retry of the same
     request (say after a 503 whose write did complete) returns the order it placed,
-    with ``created`` False, instead of placing a second one.
+    with ``created`` False, instead of placing a second one. ``claim``: given the new
+    order's id, the fields that give it to this instance's pipeline as it is written
+    (``Pipeline.claim_placed``), which saves that pipeline a write to claim it.
     """
     if not items:
         raise Invalid("an order needs at least one item")
@@ -118,6 +126,8 @@ async def place_order(db: AsyncDatabase[Document], engine: ChangeEngine, *, user
     }
     if idempotency_key is not None:
         order["idempotency_key"] = idempotency_key
+    if claim is not None:
+        order.update(claim(str(order["_id"])))
     try:
         await db.orders.insert_one(order)
     except DuplicateKeyError:
@@ -131,7 +141,7 @@ async def place_order(db: AsyncDatabase[Document], engine: ChangeEngine, *, user
                                 "another order") from None
         return engine.visible("orders", placed), False
     await engine.settle("orders", order["_id"], order, timeout=SETTLE_S)
-    return order, True
+    return engine.visible("orders", order), True
 
 
 async def transition(db: AsyncDatabase[Document], engine: ChangeEngine, order_id: str,
@@ -172,8 +182,14 @@ async def transition(db: AsyncDatabase[Document], engine: ChangeEngine, order_id
 
 async def apply_transition(db: AsyncDatabase[Document], current: Document, target: str, *,
                            actor: str, extra: dict[str, Any] | None = None,
-                           condition: dict[str, Any] | None = None) -> Document | None:
-    """The conditional update behind every transition; None when the order moved meanwhile."""
+                           condition: dict[str, Any] | None = None,
+                           read_back: bool = True) -> Document | None:
+    """The conditional update behind every transition; None when the order moved meanwhile.
+
+    ``read_back=False``: the order returned is ``current`` with this update applied, not
+    read back from the database (a field somebody else changed meanwhile, outside the
+    status and ``condition``, may be older there); the pipeline's steps need no more, and
+    the server is spared sending the document."""
     at = now_iso()
     # The whole history array is written with $set (NX-27017 mangles $push of documents);
     # the status condition makes the read-modify-write safe.
@@ -182,12 +198,16 @@ async def apply_transition(db: AsyncDatabase[Document], current: Document, targe
     # update, the driver's retry finds the status already moved and answers None; the token
     # tells "it was us" from "somebody else got there first".
     token = uuid.uuid4().hex
+    changes = {"status": target, "history": history, "updated_at": at, "transition_id": token,
+               **(extra or {})}
     result: Document | None = await db.orders.find_one_and_update(
         {"_id": current["_id"], "status": current["status"], **(condition or {})},
-        {"$set": {"status": target, "history": history, "updated_at": at,
-                  "transition_id": token, **(extra or {})}},
-        return_document=ReturnDocument.AFTER,
+        {"$set": changes},
+        **({"return_document": ReturnDocument.AFTER} if read_back
+           else {"projection": {"_id": 1}}),
     )
+    if result is not None and not read_back:
+        result = {**current, **changes}
     if result is None:
         result = await db.orders.find_one({"_id": current["_id"], "transition_id": token})
     return result

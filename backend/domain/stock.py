@@ -31,8 +31,9 @@ and API answer.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from backend.domain.clock import now_iso
@@ -57,27 +58,81 @@ def _back(order_id: str) -> str:
     return f"{order_id}:back"
 
 
+async def _unmarked_update(db: AsyncDatabase[Document], product_id: str, marker: str,
+                           condition: Document, update: Document,
+                           **options: Any) -> Document | None:
+    """``find_one_and_update`` of a product, only while ``marker`` is not in its holds.
+
+    Written ``$nor: [{holds: marker}]``, which means ``$nin: [marker]``: NX-27017 cannot
+    turn ``$nin`` into SQL and answers it by reading every product, the ``$nor`` it does.
+    But its SQL for that matches no product that has no ``holds`` array at all (NULL
+    logic), so such a product gets an empty one and the update is tried once more (also
+    when a concurrent update gave it one first: that is why this one found nothing)."""
+    query = {"_id": product_id, **condition, "$nor": [{HOLDS: marker}]}
+    found: Document | None = await db.products.find_one_and_update(query, update, **options)
+    if found is None:
+        await db.products.update_one({"_id": product_id, HOLDS: {"$exists": False}},
+                                     {"$set": {HOLDS: []}})
+        found = await db.products.find_one_and_update(query, update, **options)
+    return found
+
+
 async def take(db: AsyncDatabase[Document], order_id: str, item: Document) -> Document | None:
     """Take ``item``'s units for the order; None when taken (now or by an earlier attempt),
     else why not, as the order records it: ``failure_reason`` (a sentence naming the
     product), ``failure_code`` (``out_of_stock`` or ``unknown_product``) and
     ``failure_product`` (its id)."""
+    return (await _take_one(db, order_id, item))[0]
+
+
+async def _take_one(db: AsyncDatabase[Document], order_id: str,
+                    item: Document) -> tuple[Document | None, bool]:
+    """:func:`take`, and whether this call is what took the units."""
     product_id, quantity = item["product_id"], int(item["quantity"])
-    taken = await db.products.find_one_and_update(
-        {"_id": product_id, "stock": {"$gte": quantity}, HOLDS: {"$nin": [order_id]}},
+    taken = await _unmarked_update(
+        db, product_id, order_id, {"stock": {"$gte": quantity}},
         {"$inc": {"stock": -quantity}, "$push": {HOLDS: order_id},
          "$set": {"updated_at": now_iso()}},
         projection={"_id": 1})
     if taken is not None:
-        return None
+        return None, True
     product = await db.products.find_one({"_id": product_id}, {HOLDS: 1, "name": 1})
     if product is None:
         return {"failure_reason": f"product {product_id} is not sold any more",
-                "failure_code": "unknown_product", "failure_product": product_id}
+                "failure_code": "unknown_product", "failure_product": product_id}, False
     if order_id in (product.get(HOLDS) or ()):
-        return None  # an earlier attempt took it and died before the order moved on
+        return None, False  # an earlier attempt took it and died before the order moved on
     return {"failure_reason": f"{product.get('name') or product_id} is out of stock",
-            "failure_code": "out_of_stock", "failure_product": product_id}
+            "failure_code": "out_of_stock", "failure_product": product_id}, False
+
+
+async def take_all(db: AsyncDatabase[Document], order_id: str,
+                   items: list[Document]) -> tuple[Document | None, int]:
+    """Take every item's units for the order, all in one command; returns (None when every
+    item's are taken, now or by an earlier attempt, else why not as :func:`take` says it,
+    for the first item that could not be; how many products this call took units from).
+
+    Every item is tried, not only those before one that fails: what was taken stays marked
+    as the order's, and :func:`settle_takes` gives it back once the order is rejected."""
+    if not items:
+        return None, 0
+    result = await db.products.bulk_write(
+        [UpdateOne({"_id": item["product_id"], "stock": {"$gte": int(item["quantity"])},
+                    "$nor": [{HOLDS: order_id}]},
+                   {"$inc": {"stock": -int(item["quantity"])}, "$push": {HOLDS: order_id},
+                    "$set": {"updated_at": now_iso()}}) for item in items],
+        ordered=False)
+    moved = result.modified_count
+    if result.matched_count == len(items):
+        return None, moved
+    # Some were not taken (out of stock; taken before by an earlier attempt; a product with
+    # no holds array yet, see _unmarked_update): one by one, which and why.
+    for item in items:
+        failure, took = await _take_one(db, order_id, item)
+        moved += took
+        if failure is not None:
+            return failure, moved
+    return None, moved
 
 
 async def give_back(db: AsyncDatabase[Document], order_id: str, items: list[Document]) -> int:
@@ -141,8 +196,8 @@ async def restock(db: AsyncDatabase[Document], engine: ChangeEngine, order: Docu
         return 0
     moved = 0
     for item in order["items"]:
-        product = await db.products.find_one_and_update(
-            {"_id": item["product_id"], HOLDS: {"$nin": [back]}},
+        product = await _unmarked_update(
+            db, item["product_id"], back, {},
             {"$inc": {"stock": int(item["quantity"])}, "$push": {HOLDS: back},
              "$set": {"updated_at": now_iso()}},
             projection=NO_HOLDS, return_document=ReturnDocument.AFTER)

@@ -133,7 +133,7 @@ def make_client(uri: str, *, selection_timeout_ms: int = 5_000,
     every acknowledged write)."""
     return AsyncMongoClient(
         uri,
-        event_listeners=[writes] if writes is not None else None,
+        event_listeners=[writes] if writes is not None else [],
         maxPoolSize=POOL_SIZE,
         retryWrites=True,
         retryReads=True,

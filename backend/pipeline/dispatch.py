@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -25,6 +26,7 @@ from streaming import BreakerOpenError, Document
 
 # Where the pipeline leaves an order (to an admin, or for good).
 FINISHED = frozenset({"processing", "rejected", "payment_failed"})
+FINISHED_KEEP = 20_000  # orders whose end this process remembers
 
 logger = logging.getLogger("changecast.pipeline")
 
@@ -37,17 +39,47 @@ class Dispatcher:
         self.payments = payments
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.in_flight: set[str] = set()
+        # Orders this instance took out of the automatic statuses, which no order re-enters:
+        # the change events of their earlier steps, arriving after the last, drive nothing.
+        self.finished: OrderedDict[str, None] = OrderedDict()
+        # What the change event that queued an order said of it (status, claim): the claim
+        # tries that first, without reading the order.
+        self._seen: dict[str, Document] = {}
+        # Orders this instance claimed as they were placed (``claim_placed``): when of each.
+        self._placed: OrderedDict[str, int] = OrderedDict()
         self._slots = asyncio.Semaphore(max_in_flight)
 
-    def enqueue(self, order_id: str) -> None:
-        """Drive this order (again); an order already being driven is skipped."""
+    def enqueue(self, order_id: str, seen: Document | None = None) -> None:
+        """Drive this order (again); an order already being driven is skipped. ``seen``: the
+        order as a change event showed it."""
+        if seen is not None:
+            self._seen[order_id] = seen
         self.queue.put_nowait(order_id)
+
+    def claim_placed(self, order_id: str) -> Document:
+        """The claim a new order is written with, so that this instance drives it without
+        a write to claim it first. (Should the instance die before it does, the claim goes
+        stale and another instance takes the order over, as one it died driving.)"""
+        claim_at = now_ms()
+        self._placed[order_id] = claim_at
+        while len(self._placed) > FINISHED_KEEP:  # placements that failed leave theirs
+            self._placed.popitem(last=False)
+        return {"claim": self.work.instance, "claim_at": claim_at}
+
+    def _finish(self, order_id: str) -> None:
+        self.finished[order_id] = None
+        self.finished.move_to_end(order_id)
+        while len(self.finished) > FINISHED_KEEP:
+            self.finished.popitem(last=False)
 
     async def run(self) -> None:
         """The dispatch loop (runs until cancelled)."""
         while True:
             order_id = await self.queue.get()
             if order_id in self.in_flight:
+                continue
+            if order_id in self.finished:
+                self._seen.pop(order_id, None)
                 continue
             await self._slots.acquire()
             self.in_flight.add(order_id)
@@ -58,6 +90,7 @@ class Dispatcher:
             await self.drive(order_id)
         finally:
             self.in_flight.discard(order_id)
+            self._seen.pop(order_id, None)  # what arrived meanwhile was skipped with it
             self._slots.release()
 
     async def drive(self, order_id: str) -> None:
@@ -66,7 +99,9 @@ class Dispatcher:
         correlation = None
         try:
             # Claimed once; each step hands on the updated document, claim included.
+            started = time.perf_counter()
             order = await self.claim(order_id)
+            self.work.stages.record("claim", started)
             while order is not None:
                 correlation = order.get("correlation_id")
                 status = order["status"]
@@ -91,31 +126,54 @@ class Dispatcher:
         scan the collection).
         """
         db, instance = self.work.db, self.work.instance
+        seen = self._seen.pop(order_id, None)
+        placed_at = self._placed.pop(order_id, None)
+        if seen is not None and placed_at is not None and seen.get("status") == "pending" \
+                and placed_at >= self.work.stale_ms():
+            # Written with this instance's claim, still fresh, so nobody can have taken it
+            # over; and still pending, so nothing but that claim was written since.
+            return {**seen, "claim": instance, "claim_at": placed_at}
+        if seen is not None and seen.get("status") in AUTOMATIC \
+                and seen.get("claim") in (None, instance):
+            # As the event showed it, neither read nor read back: the status and claim it
+            # showed are still the order's, so is the rest the pipeline uses (items, total,
+            # history: only a transition changes those). Only if it moved on is it read.
+            claim = {"claim": instance, "claim_at": now_ms()}
+            if await db.orders.find_one_and_update(
+                    {"_id": order_id, "status": seen["status"], "claim": seen.get("claim")},
+                    {"$set": claim}, projection={"_id": 1}) is not None:
+                return {**seen, **claim}
         current = await db.orders.find_one({"_id": order_id})
         if current is None or current["status"] not in AUTOMATIC:
+            if current is not None:
+                self._finish(order_id)
             return None
         holder = current.get("claim")
         if holder not in (None, instance) and int(current.get("claim_at") or 0) >= \
                 self.work.stale_ms():
             return None  # another instance is on it
-        order: Document | None = await db.orders.find_one_and_update(
+        return await db.orders.find_one_and_update(
             {"_id": order_id, "status": current["status"], "claim": holder},
             {"$set": {"claim": instance, "claim_at": now_ms()}},
             return_document=ReturnDocument.AFTER)
-        return order
 
     async def advance(self, order: Document, target: str, actor: str, *,
                       extra: dict[str, Any] | None = None) -> Document | None:
         """One transition under this instance's claim; None when the claim was lost."""
         release = {"claim": None} if target not in AUTOMATIC else {}
+        started = time.perf_counter()
         updated = await apply_transition(self.work.db, order, target, actor=actor,
                                          extra={**release, **(extra or {})},
-                                         condition={"claim": self.work.instance})
+                                         condition={"claim": self.work.instance},
+                                         read_back=False)
+        self.work.stages.record("transition", started)
         if updated is None:
             self.work.counters.claims_lost += 1
             return None
         self.work.counters.transitions += 1
         self.work.engine.nudge("orders")
+        if target not in AUTOMATIC:
+            self._finish(str(order["_id"]))
         # One INFO line per order, when the pipeline is done with it; each step at DEBUG.
         logger.log(logging.INFO if target in FINISHED else logging.DEBUG,
                    "order %s: %s -> %s", order["_id"], order["status"], target,
@@ -129,14 +187,9 @@ class Dispatcher:
         order_id, items = str(order["_id"]), order["items"]
         logger.debug("reserving %d items", len(items),
                      extra={"correlation_id": order.get("correlation_id"), "order_id": order_id})
-        failure, taken = None, 0
-        for item in items:
-            # Exactly once even when this is a re-drive of an attempt that died half-way:
-            # the product remembers which orders it gave units to (backend.domain.stock).
-            failure = await stock.take(self.work.db, order_id, item)
-            if failure is not None:
-                break
-            taken += 1
+        # Exactly once even when this is a re-drive of an attempt that died half-way: the
+        # product remembers which orders it gave units to (backend.domain.stock).
+        failure, taken = await stock.take_all(self.work.db, order_id, items)
         if taken:  # a nudge promises a change: the watcher treats silence after it as a stall
             self.work.engine.nudge("products")
         if failure is not None:

@@ -3,12 +3,11 @@ their ids are deterministic (the instance that writes second changes nothing).""
 
 from __future__ import annotations
 
-import logging
+import time
 from collections import OrderedDict
 
-from pymongo.errors import DuplicateKeyError, PyMongoError
-
 from backend.domain.clock import ms_between, now_iso
+from backend.pipeline.batch import InsertBatcher
 from backend.pipeline.context import Work
 from streaming import ChangeEvent, Document
 
@@ -25,8 +24,6 @@ MESSAGES = {
 FAILURES = frozenset({"rejected", "payment_failed"})
 RECORDED_KEEP = 20_000  # orders whose recorded history length this process remembers
 
-logger = logging.getLogger("changecast.pipeline")
-
 
 class Notices:
     """Tells customers and admins what happened, and keeps the audit trail."""
@@ -35,6 +32,11 @@ class Notices:
         self.work = work
         self.admins: list[str] = []
         self._recorded: OrderedDict[str, int] = OrderedDict()
+        # Orders being recorded now, each with the newest copy that arrived meanwhile: one
+        # recording per order at a time, so two quick events do not write a stage twice.
+        self._recording: dict[str, Document] = {}
+        self.audit = InsertBatcher(work.db.audit, spawn=work.spawn)
+        self.notifications = InsertBatcher(work.db.notifications, spawn=work.spawn)
 
     async def load_admins(self) -> None:
         """Who gets the stock alerts."""
@@ -51,17 +53,41 @@ class Notices:
         half-way.
         """
         order_id = str(order["_id"])
+        if order_id in self._recording:  # the recording under way takes this copy next
+            if len(order.get("history") or []) >= \
+                    len(self._recording[order_id].get("history") or []):
+                self._recording[order_id] = order
+            return
+        self._recording[order_id] = order
+        try:
+            while True:
+                latest = self._recording[order_id]
+                if not await self._record_history(order_id, latest) \
+                        or self._recording[order_id] is latest:
+                    return  # done, or the database failed: the next event or sweep tries again
+        finally:
+            del self._recording[order_id]
+
+    async def _record_history(self, order_id: str, order: Document) -> bool:
         history = order.get("history") or []
         done = self._recorded.get(order_id, 0)
         for index in range(done, len(history)):
             if not await self._record_stage(order, index):
-                return  # the database failed: the next event or sweep tries again
+                return False
             self._recorded[order_id] = index + 1
             self._recorded.move_to_end(order_id)
         while len(self._recorded) > RECORDED_KEEP:
             self._recorded.popitem(last=False)
+        return True
 
     async def _record_stage(self, order: Document, index: int) -> bool:
+        started = time.perf_counter()
+        try:
+            return await self._write_stage(order, index)
+        finally:
+            self.work.stages.record("audit_and_notice", started)
+
+    async def _write_stage(self, order: Document, index: int) -> bool:
         history = order["history"]
         entry = history[index]
         status = entry["status"]
@@ -70,7 +96,7 @@ class Notices:
                  "correlation_id": order.get("correlation_id"), "order_id": order["_id"],
                  "stage": status, "event": "entered", "actor": entry.get("by"),
                  "at": entry["at"], "duration_ms": ms_between(previous, entry["at"])}
-        if not await self._insert_once("audit", audit):
+        if not await self.audit.insert(audit):
             return False
         if status not in MESSAGES:
             return True
@@ -80,23 +106,12 @@ class Notices:
                                  "failure" if status in FAILURES else "status", message,
                                  order_id=str(order["_id"]))
 
-    async def _insert_once(self, collection: str, doc: Document) -> bool:
-        """Insert a document with a deterministic id; True when it is there (now or before)."""
-        try:
-            await self.work.db[collection].insert_one(doc)
-        except DuplicateKeyError:
-            return True
-        except PyMongoError as exc:
-            logger.warning("%s %s not written: %s", collection, doc["_id"], exc)
-            return False
-        return True
-
     async def notify(self, notification_id: str, user_id: str, kind: str, message: str, *,
                      order_id: str | None = None) -> bool:
         """Write a notification once (a second write of the same id changes nothing)."""
         doc = {"_id": notification_id, "user_id": user_id, "order_id": order_id, "kind": kind,
                "message": message, "created_at": now_iso(), "read": False}
-        written = await self._insert_once("notifications", doc)
+        written = await self.notifications.insert(doc)
         if written:
             self.work.engine.nudge("notifications")
         return written

@@ -94,6 +94,11 @@ class Pipeline:
         """One reconciler sweep now; returns how many stuck orders it re-drives."""
         return await self.reconciler.reconcile(older_than_s=older_than_s)
 
+    def claim_placed(self, order_id: str) -> Document:
+        """For ``place_order(claim=...)``: the fields that give a new order to this instance's
+        pipeline as it is written (see ``Dispatcher.claim_placed``)."""
+        return self.dispatcher.claim_placed(order_id)
+
     def stats(self) -> PipelineStats:
         return PipelineStats(
             instance=self.instance, backlog=self.dispatcher.queue.qsize(),
@@ -105,7 +110,7 @@ class Pipeline:
     def _on_change(self, event: ChangeEvent) -> None:
         if event.collection == "orders" and event.doc is not None:
             if event.doc.get("status") in AUTOMATIC:
-                self.dispatcher.enqueue(str(event.key))
+                self.dispatcher.enqueue(str(event.key), event.doc)
             if event.op == "insert" or (event.changes and "status" in event.changes.set):
                 self.work.spawn(self.notices.record_transition(event.doc))
             if event.doc.get("refund") == "due":

@@ -14,7 +14,6 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from backend.domain import orders as order_ops
-from backend.domain import stock
 from backend.domain.analytics import LiveAnalytics
 from backend.domain.passwords import PasswordPool
 from backend.infra.database import Database, open_database
@@ -42,10 +41,6 @@ GC_THRESHOLDS = (7_000, 20, 100)  # CPython's defaults: 700, 10, 10
 
 logger = logging.getLogger("changecast.app")
 
-# Fields that never leave the server: the engine keeps them out of its cache and events,
-# and the API out of its answers (secrets, and the pipeline's own bookkeeping: a claim
-# alone is not news to anybody).
-HIDDEN_FIELDS = {"users": ("password_hash",), "orders": order_ops.INTERNAL, **stock.HIDDEN}
 
 
 # Watched: the engine's defaults and who has the admin console open.
@@ -57,7 +52,7 @@ def build_engine(database: Database, settings: Settings) -> ChangeEngine:
     return ChangeEngine(
         database.db, collections=COLLECTIONS,
         mode="poll" if database.kind == "embedded" else "await",
-        cache_size=settings.cache_size, hidden=HIDDEN_FIELDS,
+        cache_size=settings.cache_size, hidden=order_ops.HIDDEN_FIELDS,
         idle_max_interval=settings.idle_poll_max_s,
         full_document="whenAvailable" if database.features.post_images else "updateLookup",
         checkpoints=MongoCheckpoints(database.db.stream_checkpoints,

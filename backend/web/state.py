@@ -7,6 +7,7 @@ connection as ``conn.state.app``; :func:`app_state` is the typed way to read it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -65,6 +66,12 @@ class AppState:
     def db(self) -> AsyncDatabase[Document]:
         """The application database."""
         return self.database.db
+
+    @property
+    def placement_claim(self) -> Callable[[str], Document] | None:
+        """What ``place_order(claim=...)`` takes: new orders go to this instance's pipeline
+        as they are written (None when this instance runs none)."""
+        return self.pipeline.claim_placed if self.pipeline is not None else None
 
 
 def app_state(conn: HTTPConnection) -> AppState:

@@ -248,3 +248,39 @@ async def test_pipeline_two_instances_exactly_once_and_survive_one_dying(
         await verify.close()
     taken = sold(orders)
     assert shelf(products) == {f"P{i}": (1_000 - taken[f"P{i}"], []) for i in range(6)}
+
+
+async def test_orders_claimed_as_placed_go_to_that_instance_and_to_another_once_it_dies(
+    nx_uri: str, db_name: str
+) -> None:
+    client = AsyncMongoClient[dict[str, Any]](nx_uri, tz_aware=True)
+    db = client[db_name]
+    await setup(db, {"P0": 1_000, "P1": 1_000})
+    first = await start_instance(client, db_name, reconcile_after_s=1.5, success_rate=1.0)
+    second = await start_instance(client, db_name, reconcile_after_s=1.5, success_rate=1.0)
+    try:
+        for n in range(20):
+            await placed(db, first[0], user_id="c01", items=[("P0", 1), ("P1", 2)],
+                         correlation=f"k{n}", actor="customer",
+                         claim=first[1].claim_placed)
+        orders = await settled(db, 20, timeout=30)
+        assert {o["status"] for o in orders} == {"processing"}
+        # The first drove every one of them; the second, hearing of them too, took none.
+        assert first[1].counters.transitions == 60
+        assert second[1].counters.transitions == 0
+        assert all(o.get("claim") is None for o in orders)
+        # Claimed by an instance that is gone: the other takes it once the claim is stale.
+        await first[1].stop()
+        await first[0].stop()
+        await placed(db, second[0], user_id="c01", items=[("P0", 1)], correlation="late",
+                     actor="customer", claim=first[1].claim_placed)
+        orders = await settled(db, 21, timeout=30)
+        assert {o["status"] for o in orders} == {"processing"}
+        assert second[1].counters.transitions == 3
+        stock_left = {p["_id"]: p["stock"] for p in await db.products.find().to_list()}
+        assert stock_left == {"P0": 1_000 - 21, "P1": 1_000 - 40}
+    finally:
+        for engine, pipeline in (first, second):
+            await pipeline.stop()
+            await engine.stop()
+        await client.close()

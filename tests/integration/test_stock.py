@@ -233,3 +233,22 @@ async def test_a_restock_that_read_due_late_adds_nothing_after_another_finished(
     assert (await stock.sweep(db, engine, stale_before=LONG_AGO))["cleared"] == 0
     assert (await stock.sweep(db, engine, stale_before=now_iso()))["cleared"] == 1
     assert (await units(db))["A"] == (10, [])
+
+
+async def test_take_all_takes_every_item_once_and_says_which_is_short(
+    ab: tuple[Db, ChangeEngine]
+) -> None:
+    db, engine = ab
+    await db.products.update_one({"_id": "B"}, {"$unset": {stock.HOLDS: ""}})  # never sold
+    order = await order_for(db, engine, [("A", 3), ("B", 2)])
+    assert await stock.take_all(db, order["_id"], order["items"]) == (None, 2)
+    assert await stock.take_all(db, order["_id"], order["items"]) == (None, 0)  # a re-drive
+    assert (await units(db))["A"] == (7, [order["_id"]])
+    assert (await units(db))["B"] == (8, [order["_id"]])
+    short = await order_for(db, engine, [("A", 1), ("B", 9)])
+    failure, _ = await stock.take_all(db, short["_id"], short["items"])
+    assert failure is not None and failure["failure_code"] == "out_of_stock"
+    assert failure["failure_product"] == "B"
+    assert await stock.give_back(db, short["_id"], short["items"]) == 1  # A's unit goes back
+    assert (await units(db))["A"] == (7, [order["_id"]])
+    assert (await units(db))["B"] == (8, [order["_id"]])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from backend.pipeline.notices import stock_alert
@@ -20,24 +21,52 @@ def test_notices_alert_when_stock_crosses_below_the_threshold_once() -> None:
 
 
 class FakeCollection:
-    def __init__(self) -> None:
+    """Answers like a collection with a unique ``_id``; each call yields to the event loop
+    first, as a round trip would."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.docs: dict[str, dict[str, Any]] = {}
+        self.attempts: list[str] = []  # every id a command carried
+        self.commands = 0
         self.fail_next = False
 
     async def insert_one(self, doc: dict[str, Any]) -> None:
-        from pymongo.errors import AutoReconnect, DuplicateKeyError
+        from pymongo.errors import DuplicateKeyError
 
+        await self._round_trip([doc])
+        if doc["_id"] in self.docs:
+            raise DuplicateKeyError("duplicate", 11000)
+        self.docs[doc["_id"]] = doc
+
+    async def insert_many(self, docs: list[dict[str, Any]], *, ordered: bool) -> None:
+        from pymongo.errors import BulkWriteError
+
+        assert not ordered
+        await self._round_trip(docs)
+        errors = []
+        for index, doc in enumerate(docs):
+            if doc["_id"] in self.docs:
+                errors.append({"index": index, "code": 11000, "errmsg": "duplicate"})
+            else:
+                self.docs[doc["_id"]] = doc
+        if errors:
+            raise BulkWriteError({"writeErrors": errors, "nInserted": len(docs) - len(errors)})
+
+    async def _round_trip(self, docs: list[dict[str, Any]]) -> None:
+        from pymongo.errors import AutoReconnect
+
+        await asyncio.sleep(0)
+        self.commands += 1
+        self.attempts.extend(d["_id"] for d in docs)
         if self.fail_next:
             self.fail_next = False
             raise AutoReconnect("connection reset")
-        if doc["_id"] in self.docs:
-            raise DuplicateKeyError("duplicate")
-        self.docs[doc["_id"]] = doc
 
 
 class FakeDb:
     def __init__(self) -> None:
-        self.audit, self.notifications = FakeCollection(), FakeCollection()
+        self.audit, self.notifications = FakeCollection("audit"), FakeCollection("notifications")
 
     def __getitem__(self, name: str) -> FakeCollection:
         return getattr(self, name)  # type: ignore[no-any-return]
@@ -79,3 +108,33 @@ async def test_notices_a_failed_write_is_retried_on_the_next_event() -> None:
     assert db.notifications.docs == {}
     await notices.record_transition(order_with("pending", "reserved", "paid"))
     assert sorted(db.notifications.docs) == ["ORD-1:paid", "ORD-1:reserved"]
+
+
+async def test_notices_two_quick_events_of_one_order_write_each_stage_once() -> None:
+    from backend.pipeline.context import Work
+    from backend.pipeline.notices import Notices
+
+    db = FakeDb()
+    notices = Notices(Work(db, QuietEngine()))  # type: ignore[arg-type]
+    # Both events arrive before the first one's writes are back (each gets its own task).
+    await asyncio.gather(notices.record_transition(order_with("pending", "reserved")),
+                         notices.record_transition(order_with("pending", "reserved", "paid")))
+    assert sorted(db.audit.attempts) == ["ORD-1:1:pending", "ORD-1:2:reserved", "ORD-1:3:paid"]
+    assert sorted(db.notifications.attempts) == ["ORD-1:paid", "ORD-1:reserved"]
+
+
+async def test_batcher_sends_waiting_inserts_together_and_says_what_is_there() -> None:
+    from backend.pipeline.batch import InsertBatcher
+
+    collection = FakeCollection("audit")
+    collection.docs["d3"] = {"_id": "d3"}  # written before (by another instance, say)
+    batcher = InsertBatcher(collection, max_batch=4)  # type: ignore[arg-type]
+    outcomes = await asyncio.gather(*(batcher.insert({"_id": f"d{n}"}) for n in range(9)))
+    assert outcomes == [True] * 9
+    assert sorted(collection.docs) == sorted(f"d{n}" for n in range(9))
+    # All nine were waiting by the time the writer ran: at most four per command.
+    assert collection.commands == 3
+    collection.fail_next = True
+    assert await asyncio.gather(batcher.insert({"_id": "x"}), batcher.insert({"_id": "y"})) \
+        == [False, False]  # both went in one command, which failed
+    assert await batcher.insert({"_id": "x"})  # written on the next try

@@ -302,7 +302,8 @@ async def post_order(request: Request) -> Response:
     order, created = await order_ops.place_order(
         state.db, state.engine, user_id=owner,
         items=[(i.product_id, i.quantity) for i in body.items], correlation=correlation,
-        actor=user.role, idempotency_key=request.headers.get("idempotency-key"))
+        actor=user.role, idempotency_key=request.headers.get("idempotency-key"),
+        claim=state.placement_claim)
     headers = {"X-Correlation-ID": str(order["correlation_id"])}
     if not created:
         headers["Idempotent-Replayed"] = "true"
