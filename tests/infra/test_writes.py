@@ -54,3 +54,13 @@ async def test_every_write_says_so_as_it_is_sent_before_its_reply(nx_uri: str) -
                        ("sent", "orders"), ("acknowledged", "orders")]
     finally:
         await client.close()
+
+
+async def test_a_client_without_a_listener_works_too(nx_uri: str) -> None:
+    client = make_client(nx_uri)  # what bench.sources and bench.cache make (they crashed)
+    try:
+        db = client["w" + uuid.uuid4().hex[:10]]
+        await db.products.insert_one({"_id": "p1", "stock": 1})
+        assert await db.products.find_one({"_id": "p1"}) == {"_id": "p1", "stock": 1}
+    finally:
+        await client.close()
