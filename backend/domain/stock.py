@@ -97,13 +97,9 @@ async def _take_one(db: AsyncDatabase[Document], order_id: str,
     if taken is not None:
         return None, True
     product = await db.products.find_one({"_id": product_id}, {HOLDS: 1, "name": 1})
-    if product is None:
-        return {"failure_reason": f"product {product_id} is not sold any more",
-                "failure_code": "unknown_product", "failure_product": product_id}, False
-    if order_id in (product.get(HOLDS) or ()):
+    if product is not None and order_id in (product.get(HOLDS) or ()):
         return None, False  # an earlier attempt took it and died before the order moved on
-    return {"failure_reason": f"{product.get('name') or product_id} is out of stock",
-            "failure_code": "out_of_stock", "failure_product": product_id}, False
+    return _why_not(product_id, product), False
 
 
 async def take_all(db: AsyncDatabase[Document], order_id: str,
@@ -125,14 +121,36 @@ async def take_all(db: AsyncDatabase[Document], order_id: str,
     moved = result.modified_count
     if result.matched_count == len(items):
         return None, moved
-    # Some were not taken (out of stock; taken before by an earlier attempt; a product with
-    # no holds array yet, see _unmarked_update): one by one, which and why.
+    # Some were not taken: taken before by an earlier attempt (marked), out of stock, gone,
+    # or a product with no holds array yet (see _unmarked_update). One read says which, so
+    # that a re-drive is as short as it can be: its marks are what keep a stalled worker
+    # from taking twice, and the sweep drops them once the reservation is old.
+    found = {p["_id"]: p for p in await db.products.find(
+        {"_id": {"$in": [item["product_id"] for item in items]}},
+        {HOLDS: 1, "name": 1, "stock": 1}).to_list()}
     for item in items:
-        failure, took = await _take_one(db, order_id, item)
-        moved += took
+        failure: Document | None
+        product = found.get(item["product_id"])
+        if product is not None and order_id in (product.get(HOLDS) or ()):
+            continue  # taken, now or by an earlier attempt
+        if product is None or int(product.get("stock") or 0) < int(item["quantity"]):
+            failure = _why_not(item["product_id"], product)
+        else:  # no holds array when the bulk ran (one may have been given it since), or
+            # stock put back since: this one on its own says
+            failure, took = await _take_one(db, order_id, item)
+            moved += took
         if failure is not None:
             return failure, moved
     return None, moved
+
+
+def _why_not(product_id: str, product: Document | None) -> Document:
+    """What an order records when ``product`` (None: gone) could not give it units."""
+    if product is None:
+        return {"failure_reason": f"product {product_id} is not sold any more",
+                "failure_code": "unknown_product", "failure_product": product_id}
+    return {"failure_reason": f"{product.get('name') or product_id} is out of stock",
+            "failure_code": "out_of_stock", "failure_product": product_id}
 
 
 async def give_back(db: AsyncDatabase[Document], order_id: str, items: list[Document]) -> int:
