@@ -58,6 +58,20 @@ def _back(order_id: str) -> str:
     return f"{order_id}:back"
 
 
+def _unmarked(product_id: str, marker: str, condition: Document) -> Document:
+    """The product, on ``condition``, while ``marker`` is not in its holds (see
+    :func:`_unmarked_update` for why ``$nor``)."""
+    return {"_id": product_id, **condition, "$nor": [{HOLDS: marker}]}
+
+
+def _taking(order_id: str, item: Document) -> tuple[Document, Document]:
+    """A take of ``item`` for the order: (the condition besides the mark, the update)."""
+    quantity = int(item["quantity"])
+    return ({"stock": {"$gte": quantity}},
+            {"$inc": {"stock": -quantity}, "$push": {HOLDS: order_id},
+             "$set": {"updated_at": now_iso()}})
+
+
 async def _unmarked_update(db: AsyncDatabase[Document], product_id: str, marker: str,
                            condition: Document, update: Document,
                            **options: Any) -> Document | None:
@@ -68,7 +82,7 @@ async def _unmarked_update(db: AsyncDatabase[Document], product_id: str, marker:
     But its SQL for that matches no product that has no ``holds`` array at all (NULL
     logic), so such a product gets an empty one and the update is tried once more (also
     when a concurrent update gave it one first: that is why this one found nothing)."""
-    query = {"_id": product_id, **condition, "$nor": [{HOLDS: marker}]}
+    query = _unmarked(product_id, marker, condition)
     found: Document | None = await db.products.find_one_and_update(query, update, **options)
     if found is None:
         await db.products.update_one({"_id": product_id, HOLDS: {"$exists": False}},
@@ -88,12 +102,10 @@ async def take(db: AsyncDatabase[Document], order_id: str, item: Document) -> Do
 async def _take_one(db: AsyncDatabase[Document], order_id: str,
                     item: Document) -> tuple[Document | None, bool]:
     """:func:`take`, and whether this call is what took the units."""
-    product_id, quantity = item["product_id"], int(item["quantity"])
-    taken = await _unmarked_update(
-        db, product_id, order_id, {"stock": {"$gte": quantity}},
-        {"$inc": {"stock": -quantity}, "$push": {HOLDS: order_id},
-         "$set": {"updated_at": now_iso()}},
-        projection={"_id": 1})
+    product_id = item["product_id"]
+    condition, update = _taking(order_id, item)
+    taken = await _unmarked_update(db, product_id, order_id, condition, update,
+                                   projection={"_id": 1})
     if taken is not None:
         return None, True
     product = await db.products.find_one({"_id": product_id}, {HOLDS: 1, "name": 1})
@@ -112,12 +124,10 @@ async def take_all(db: AsyncDatabase[Document], order_id: str,
     as the order's, and :func:`settle_takes` gives it back once the order is rejected."""
     if not items:
         return None, 0
+    takes = [(item["product_id"], *_taking(order_id, item)) for item in items]
     result = await db.products.bulk_write(
-        [UpdateOne({"_id": item["product_id"], "stock": {"$gte": int(item["quantity"])},
-                    "$nor": [{HOLDS: order_id}]},
-                   {"$inc": {"stock": -int(item["quantity"])}, "$push": {HOLDS: order_id},
-                    "$set": {"updated_at": now_iso()}}) for item in items],
-        ordered=False)
+        [UpdateOne(_unmarked(product_id, order_id, condition), update)
+         for product_id, condition, update in takes], ordered=False)
     moved = result.modified_count
     if result.matched_count == len(items):
         return None, moved

@@ -36,8 +36,6 @@ class InsertBatcher:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
         self.collection = collection
         self.max_batch = max_batch
-        self.commands = 0  # insert commands sent
-        self.documents = 0  # documents they carried
         self._spawn = spawn
         self._waiting: list[tuple[Document, asyncio.Future[bool]]] = []
         self._writing = False
@@ -71,13 +69,8 @@ class InsertBatcher:
 
     async def _write(self, batch: list[tuple[Document, Any]]) -> list[bool]:
         docs = [doc for doc, _ in batch]
-        self.commands += 1
-        self.documents += len(docs)
         try:
-            if len(docs) == 1:
-                await self.collection.insert_one(docs[0])
-            else:
-                await self.collection.insert_many(docs, ordered=False)
+            await self.collection.insert_many(docs, ordered=False)
         except BulkWriteError as exc:
             refused = {int(error["index"]) for error in exc.details.get("writeErrors", ())
                        if error.get("code") != DUPLICATE_KEY}
@@ -86,8 +79,6 @@ class InsertBatcher:
                                docs[index]["_id"], exc)
             return [index not in refused for index in range(len(docs))]
         except PyMongoError as exc:
-            if getattr(exc, "code", None) == DUPLICATE_KEY:
-                return [True]
             logger.warning("%s: %d documents not written: %s", self.collection.name,
                            len(docs), exc)
             return [False] * len(docs)

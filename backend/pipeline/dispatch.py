@@ -61,16 +61,11 @@ class Dispatcher:
         a write to claim it first. (Should the instance die before it does, the claim goes
         stale and another instance takes the order over, as one it died driving.)"""
         claim_at = now_ms()
-        self._placed[order_id] = claim_at
-        while len(self._placed) > FINISHED_KEEP:  # placements that failed leave theirs
-            self._placed.popitem(last=False)
+        _remember(self._placed, order_id, claim_at)  # placements that failed leave theirs
         return {"claim": self.work.instance, "claim_at": claim_at}
 
     def _finish(self, order_id: str) -> None:
-        self.finished[order_id] = None
-        self.finished.move_to_end(order_id)
-        while len(self.finished) > FINISHED_KEEP:
-            self.finished.popitem(last=False)
+        _remember(self.finished, order_id, None)
 
     async def run(self) -> None:
         """The dispatch loop (runs until cancelled)."""
@@ -139,9 +134,8 @@ class Dispatcher:
             # showed are still the order's, so is the rest the pipeline uses (items, total,
             # history: only a transition changes those). Only if it moved on is it read.
             claim = {"claim": instance, "claim_at": now_ms()}
-            if await db.orders.find_one_and_update(
-                    {"_id": order_id, "status": seen["status"], "claim": seen.get("claim")},
-                    {"$set": claim}, projection={"_id": 1}) is not None:
+            if await self._take_claim(order_id, seen["status"], seen.get("claim"), claim,
+                                      projection={"_id": 1}) is not None:
                 return {**seen, **claim}
         current = await db.orders.find_one({"_id": order_id})
         if current is None or current["status"] not in AUTOMATIC:
@@ -152,10 +146,16 @@ class Dispatcher:
         if holder not in (None, instance) and int(current.get("claim_at") or 0) >= \
                 self.work.stale_ms():
             return None  # another instance is on it
-        return await db.orders.find_one_and_update(
-            {"_id": order_id, "status": current["status"], "claim": holder},
-            {"$set": {"claim": instance, "claim_at": now_ms()}},
-            return_document=ReturnDocument.AFTER)
+        return await self._take_claim(order_id, current["status"], holder,
+                                      {"claim": instance, "claim_at": now_ms()},
+                                      return_document=ReturnDocument.AFTER)
+
+    async def _take_claim(self, order_id: str, status: str, holder: object, claim: Document,
+                          **options: Any) -> Document | None:
+        """:meth:`claim`'s compare-and-set on the observed status and claim."""
+        found: Document | None = await self.work.db.orders.find_one_and_update(
+            {"_id": order_id, "status": status, "claim": holder}, {"$set": claim}, **options)
+        return found
 
     async def advance(self, order: Document, target: str, actor: str, *,
                       extra: dict[str, Any] | None = None) -> Document | None:
@@ -213,3 +213,11 @@ class Dispatcher:
         if failed is not None:
             await self.payments.restock(failed)
         return None
+
+
+def _remember(recent: OrderedDict[str, Any], key: str, value: Any) -> None:
+    """Keep ``key`` among the ``FINISHED_KEEP`` most recent, dropping the oldest."""
+    recent[key] = value
+    recent.move_to_end(key)
+    while len(recent) > FINISHED_KEEP:
+        recent.popitem(last=False)

@@ -42,7 +42,6 @@ GC_THRESHOLDS = (7_000, 20, 100)  # CPython's defaults: 700, 10, 10
 logger = logging.getLogger("changecast.app")
 
 
-
 # Watched: the engine's defaults and who has the admin console open.
 COLLECTIONS = (*DEFAULT_COLLECTIONS, "presence")
 

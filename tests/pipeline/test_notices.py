@@ -31,14 +31,6 @@ class FakeCollection:
         self.commands = 0
         self.fail_next = False
 
-    async def insert_one(self, doc: dict[str, Any]) -> None:
-        from pymongo.errors import DuplicateKeyError
-
-        await self._round_trip([doc])
-        if doc["_id"] in self.docs:
-            raise DuplicateKeyError("duplicate", 11000)
-        self.docs[doc["_id"]] = doc
-
     async def insert_many(self, docs: list[dict[str, Any]], *, ordered: bool) -> None:
         from pymongo.errors import BulkWriteError
 
