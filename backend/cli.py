@@ -225,7 +225,8 @@ async def serve_workers(settings: Settings, workers: int) -> None:
         try:
             while not stopping.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), 0.5)
+                    async with asyncio.timeout(0.5):  # wait_for may swallow a cancel (3.11)
+                        await stopping.wait()
                 for n, proc in enumerate(procs):
                     if proc.poll() is not None and not stopping.is_set():
                         logger.warning("worker %d exited with %s; starting another", proc.pid,

@@ -158,7 +158,8 @@ class Client:
         self.subscriptions[sub_id] = sub
         try:
             await ws.send(json.dumps(message))
-            answer = await asyncio.wait_for(reply, self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # wait_for may swallow a cancel
+                answer = await reply
         except BaseException:
             self.subscriptions.pop(sub_id, None)
             raise

@@ -197,7 +197,8 @@ class ChangeEngine:
         waiters.append(entry)
         self.nudge(collection)
         try:
-            await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):  # wait_for may swallow a cancel (3.11)
+                await future
             return True
         except TimeoutError:
             return False

@@ -415,8 +415,11 @@ class CollectionWatcher:
                 self.token = stream.resume_token or self.token
                 await self._checkpoint(idle=True)
                 if self.mode == "poll":
+                    # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes
+                    # as the nudge ends the wait, and stop() then waited for good.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._nudged.wait(), self.poll_wait())
+                        async with asyncio.timeout(self.poll_wait()):
+                            await self._nudged.wait()
                     self._empty_polls += 1
                 continue
             batch += 1

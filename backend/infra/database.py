@@ -112,7 +112,8 @@ class Database:
     async def ping(self, timeout: float = 1.0) -> bool:
         """True when the server answers ``ping`` within ``timeout`` seconds."""
         try:
-            await asyncio.wait_for(self.client.admin.command("ping"), timeout)
+            async with asyncio.timeout(timeout):  # wait_for may swallow a cancel (3.11)
+                await self.client.admin.command("ping")
         except (TimeoutError, PyMongoError):
             return False
         return True

@@ -226,7 +226,8 @@ class EmbeddedServer:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), 5.0)
+            async with asyncio.timeout(5.0):  # wait_for may swallow a cancel (3.11)
+                await proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

@@ -352,8 +352,9 @@ class MySQLSource:
             await self._checkpoint()
             if not reader.is_alive() and not reader.items:
                 raise ConnectionError("the binlog reader stopped")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.checkpoint_interval)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see CollectionWatcher
+                async with asyncio.timeout(self.checkpoint_interval):
+                    await self._wakeup.wait()
             self._wakeup.clear()
             items = reader.take()
 

@@ -15,7 +15,7 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from tests.browser.conftest import ADMIN, Site, open_page
-from tests.conftest import free_port, start_nx
+from tests.conftest import free_port, start_nx, stop_nx
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120),
               pytest.mark.browser, pytest.mark.integration,
@@ -30,8 +30,7 @@ def own_nx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Pope
     proc.port = port  # type: ignore[attr-defined]
     yield proc
     os.kill(proc.pid, signal.SIGCONT)
-    proc.terminate()
-    proc.wait(10)
+    stop_nx(proc)
 
 
 @pytest.fixture(scope="module")

@@ -391,3 +391,43 @@ async def test_the_fan_out_of_a_read_goes_out_before_the_next_read() -> None:
     await asyncio.wait_for(done.wait(), 5)
     await watcher.stop()
     assert log == ["read", "change 1", "change 2", "pass", "read", "change 3", "pass"]
+
+
+async def test_a_nudge_in_the_same_moment_as_stop_does_not_keep_the_watcher_running() -> None:
+    # Python 3.11's asyncio.wait_for returns the inner result when the cancel arrives just
+    # as the inner wait finished, swallowing the cancel: a nudge (any write of the pipeline)
+    # landing with stop() left the poll loop running and stop() waiting for it for good.
+    coll = FakeCollection("orders", [[]], poll=True, head={"_data": "nx:1"})
+    h = Harness(coll, expect=1, mode="poll", idle_interval=1.0, idle_max_interval=10.0)
+    await h.watcher.start(wait=True)
+    for _ in range(5):  # into the wait between two polls
+        await asyncio.sleep(0)
+    task = h.watcher._task
+    assert task is not None
+    h.watcher.nudge()
+    await asyncio.sleep(0)  # the nudge's wait has ended; the poll loop has not resumed yet
+    stopping = asyncio.create_task(h.watcher.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=2)
+    if not done:  # the bug: the loop polls on; end it so that the test can fail cleanly
+        task.cancel()
+        await stopping
+    assert done and task.cancelled(), "stop() waited on a watcher that kept running"
+
+
+async def test_cancel_does_not_swallow_a_cancel_of_its_caller() -> None:
+    from streaming.tasks import cancel
+
+    async def stubborn() -> None:  # takes a while to end once cancelled
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.05)
+
+    inner = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    outer = asyncio.create_task(cancel(inner))
+    await asyncio.sleep(0.01)
+    outer.cancel()  # the caller is cancelled while it waits for the task to end
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert outer.cancelled()
