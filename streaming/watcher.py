@@ -263,6 +263,9 @@ class CollectionWatcher:
         self._db_name = full_name.split(".", 1)[0] if isinstance(full_name, str) else None
         self._watching = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Set by stop(): the loops end at their next turn even if the cancel is lost on
+        # the way (a library that catches CancelledError, or asyncio.wait_for on 3.11).
+        self._stopping = False
         self._reset_reason: str | None = None
         self._lost_reason: str | None = None
 
@@ -302,6 +305,7 @@ class CollectionWatcher:
         if self.checkpoints is not None:
             self.token = await self.checkpoints.load(self.name)
             self._saved_token = self.token
+        self._stopping = False
         self._task = asyncio.create_task(self.run(), name=f"watch-{self.name}")
         if wait:
             await wait_open(self._task, self._watching, timeout, f"change stream on {self.name!r}")
@@ -309,6 +313,8 @@ class CollectionWatcher:
     async def stop(self) -> None:
         """Stop watching and save the last token."""
         task, self._task = self._task, None
+        self._stopping = True
+        self._nudged.set()
         await cancel(task)
         with contextlib.suppress(PyMongoError, BreakerOpenError):
             await self._checkpoint(force=True)
@@ -333,7 +339,7 @@ class CollectionWatcher:
 
     async def run(self) -> None:
         """The outer resume loop: open, consume, and on errors back off and reopen."""
-        while True:
+        while not self._stopping:
             stream = None
             try:
                 self.state = WatcherState.CONNECTING
@@ -394,6 +400,10 @@ class CollectionWatcher:
     async def _consume(self, stream: ChangeStreamLike) -> None:
         batch = 0
         while True:
+            if self._stopping:
+                logger.warning("the watcher of %s was stopped but its cancel was lost; "
+                               "it ends now", self.name)
+                return
             if self._reset_reason is not None:
                 reason, self._reset_reason = self._reset_reason, None
                 raise HistoryLost(reason)

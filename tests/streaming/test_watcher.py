@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import random
 from typing import Any
 
@@ -431,3 +432,29 @@ async def test_cancel_does_not_swallow_a_cancel_of_its_caller() -> None:
     with pytest.raises(asyncio.CancelledError):
         await outer
     assert outer.cancelled()
+
+
+async def test_a_stream_that_swallows_the_cancel_still_lets_stop_return() -> None:
+    # Whatever loses the cancel on its way (a driver that catches CancelledError to clean
+    # up and forgets to raise it), stop() returns and the loop ends.
+    from tests.streaming.fakes import FakeStream
+
+    class Swallowing(FakeStream):
+        async def try_next(self) -> dict[str, Any] | None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+            return None
+
+    class Coll(FakeCollection):
+        async def watch(self, *args: Any, **kwargs: Any) -> FakeStream:
+            self.calls.append(kwargs)
+            return Swallowing([], poll=True)
+
+    h = Harness(Coll("orders", []), expect=1, mode="poll", idle_interval=1.0)
+    await h.watcher.start(wait=True)
+    task = h.watcher._task
+    assert task is not None
+    stopping = asyncio.create_task(h.watcher.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=2)
+    assert done, "stop() waited on a watcher whose stream swallowed the cancel"
+    assert task.done() and h.watcher.state is WatcherState.STOPPED
