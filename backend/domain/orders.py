@@ -21,6 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from backend.domain import stock
+from backend.domain.batching import ByIdReader, Spawn
 from backend.domain.clock import now_iso
 from backend.domain.errors import Conflict, Invalid, NotFound
 from backend.domain.stock import SETTLE_S
@@ -78,10 +79,17 @@ def idempotent_order_id(user_id: str, key: str) -> str:
     return "ORD-" + "".join(chars)
 
 
+def product_reader(db: AsyncDatabase[Document], *, spawn: Spawn | None = None) -> ByIdReader:
+    """What :func:`place_order` reads products' names and prices through; one per process
+    lets the orders placed at the same moment share one read."""
+    return ByIdReader(db.products, {"name": 1, "price_cents": 1}, spawn=spawn)
+
+
 async def place_order(db: AsyncDatabase[Document], engine: ChangeEngine, *, user_id: str,
                       items: list[tuple[str, int]], correlation: str, actor: str,
                       idempotency_key: str | None = None,
-                      claim: Callable[[str], Document] | None = None) -> tuple[Document, bool]:
+                      claim: Callable[[str], Document] | None = None,
+                      products: ByIdReader | None = None) -> tuple[Document, bool]:
     """Insert a ``pending`` order priced from the database; returns (order, created).
 
     With ``idempotency_key`` the order id is derived from it, so a retry of the same
@@ -89,6 +97,8 @@ async def place_order(db: AsyncDatabase[Document], engine: ChangeEngine, *, user
     with ``created`` False, instead of placing a second one. ``claim``: given the new
     order's id, the fields that give it to this instance's pipeline as it is written
     (``Pipeline.claim_placed``), which saves that pipeline a write to claim it.
+    ``products``: a reader of products' names and prices (:func:`product_reader`) that
+    reads them for every order being placed at that moment in one ``find``.
     """
     if not items:
         raise Invalid("an order needs at least one item")
@@ -104,9 +114,11 @@ async def place_order(db: AsyncDatabase[Document], engine: ChangeEngine, *, user
         if quantity > MAX_QUANTITY:
             raise Invalid(f"quantity of {product_id!r} must be 1..{MAX_QUANTITY}, "
                           f"got {quantity}")
-    # Prices from the database itself: the cache may be a few milliseconds behind a change.
-    found = {p["_id"]: p async for p in db.products.find(
-        {"_id": {"$in": list(merged)}}, {"name": 1, "price_cents": 1})}
+    # Prices from the database itself, read after this request came: the cache may be a
+    # few milliseconds behind a change.
+    if products is None:
+        products = product_reader(db)
+    found = await products.read(list(merged))
     lines = []
     for product_id, quantity in merged.items():
         product = found.get(product_id)
