@@ -13,7 +13,7 @@ import random
 import re
 import string
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -77,6 +77,10 @@ def idempotent_order_id(user_id: str, key: str) -> str:
         digest, index = divmod(digest, len(ID_ALPHABET))
         chars.append(ID_ALPHABET[index])
     return "ORD-" + "".join(chars)
+
+
+# How a transition's conditional update can be sent: (query, update, token) -> applied.
+ConditionalUpdate = Callable[[Document, Document, str], Awaitable[bool]]
 
 
 def product_reader(db: AsyncDatabase[Document], *, spawn: Spawn | None = None) -> ByIdReader:
@@ -195,13 +199,14 @@ async def transition(db: AsyncDatabase[Document], engine: ChangeEngine, order_id
 async def apply_transition(db: AsyncDatabase[Document], current: Document, target: str, *,
                            actor: str, extra: dict[str, Any] | None = None,
                            condition: dict[str, Any] | None = None,
-                           read_back: bool = True) -> Document | None:
+                           send: ConditionalUpdate | None = None) -> Document | None:
     """The conditional update behind every transition; None when the order moved meanwhile.
 
-    ``read_back=False``: the order returned is ``current`` with this update applied, not
+    ``send``: how the update goes out, given (query, update, token) and saying whether it
+    was applied (the pipeline's ``UpdateBatcher``, which sends many orders' transitions in
+    one command). Then the order returned is ``current`` with this update applied, not
     read back from the database (a field somebody else changed meanwhile, outside the
-    status and ``condition``, may be older there); the pipeline's steps need no more, and
-    the server is spared sending the document."""
+    status and ``condition``, may be older there): the pipeline's steps need no more."""
     at = now_iso()
     # The whole history array is written with $set (NX-27017 mangles $push of documents);
     # the status condition makes the read-modify-write safe.
@@ -212,14 +217,11 @@ async def apply_transition(db: AsyncDatabase[Document], current: Document, targe
     token = uuid.uuid4().hex
     changes = {"status": target, "history": history, "updated_at": at, "transition_id": token,
                **(extra or {})}
+    query = {"_id": current["_id"], "status": current["status"], **(condition or {})}
+    if send is not None:
+        return {**current, **changes} if await send(query, {"$set": changes}, token) else None
     result: Document | None = await db.orders.find_one_and_update(
-        {"_id": current["_id"], "status": current["status"], **(condition or {})},
-        {"$set": changes},
-        **({"return_document": ReturnDocument.AFTER} if read_back
-           else {"projection": {"_id": 1}}),
-    )
-    if result is not None and not read_back:
-        result = {**current, **changes}
+        query, {"$set": changes}, return_document=ReturnDocument.AFTER)
     if result is None:
         result = await db.orders.find_one({"_id": current["_id"], "transition_id": token})
     return result

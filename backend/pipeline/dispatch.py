@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 from backend.domain import stock
 from backend.domain.clock import now_ms
 from backend.domain.orders import apply_transition
+from backend.pipeline.batch import UpdateBatcher
 from backend.pipeline.context import AUTOMATIC, Work
 from backend.pipeline.payments import Payments
 from streaming import BreakerOpenError, Document
@@ -48,6 +49,9 @@ class Dispatcher:
         # Orders this instance claimed as they were placed (``claim_placed``): when of each.
         self._placed: OrderedDict[str, int] = OrderedDict()
         self._slots = asyncio.Semaphore(max_in_flight)
+        # Transitions of many orders at once go out in one command (see batch.py).
+        self.transitions = UpdateBatcher(work.db.orders, proof_field="transition_id",
+                                         spawn=work.spawn)
 
     def enqueue(self, order_id: str, seen: Document | None = None) -> None:
         """Drive this order (again); an order already being driven is skipped. ``seen``: the
@@ -165,7 +169,7 @@ class Dispatcher:
         updated = await apply_transition(self.work.db, order, target, actor=actor,
                                          extra={**release, **(extra or {})},
                                          condition={"claim": self.work.instance},
-                                         read_back=False)
+                                         send=self.transitions.update)
         self.work.stages.record("transition", started)
         if updated is None:
             self.work.counters.claims_lost += 1
