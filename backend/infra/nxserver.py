@@ -58,6 +58,50 @@ def _listen_on_unix_socket(path: str) -> None:
     asyncio.start_server = start_server  # type: ignore[assignment]
 
 
+def _apply_updates_once() -> None:
+    """Make NeoSQLite (NX-27017's storage) apply an update at most once.
+
+    Its fast update path runs the UPDATE and then checks it, and on any error falls back
+    to a second path that applies the update again, ``$inc`` and ``$set`` but not
+    ``$push``. So an update that was applied but then reported an error moved stock twice
+    and marked it once (seen under two pipeline instances, one stopping), and one that
+    failed before its UPDATE lost its ``$push``. Here, when the fast path fails, the
+    document is read: if it is no longer the one the update started from, the update was
+    applied (the database's lock is held: no other command ran) and that document is
+    the answer; if it is, the full (Python) path applies the whole update, once."""
+    from neosqlite.collection.jsonb_support import (  # type: ignore[import-untyped]
+        json_data_column,
+    )
+    from neosqlite.collection.query_helper._sql_updates import (  # type: ignore[import-untyped]
+        SqlUpdatesMixin,
+    )
+    from neosqlite.sql_utils import quote_table_name  # type: ignore[import-untyped]
+
+    fast = SqlUpdatesMixin._perform_enhanced_sql_update
+    log = logging.getLogger("changecast.nxserver")
+
+    def once(self: Any, doc_id: Any, update_spec: Any, original_doc: Any = None) -> Any:
+        try:
+            return fast(self, doc_id, update_spec, original_doc)
+        except Exception as exc:
+            if original_doc is None:
+                raise
+            row = self.collection.db.execute(
+                f"SELECT id, {json_data_column(self.jsonb.jsonb_supported)} AS data FROM "
+                f"{quote_table_name(self.collection.name)} WHERE id = ?",
+                (self._get_integer_id_for_oid(doc_id),)).fetchone()
+            current = self.collection._load(row[0], row[1]) if row else None
+            if current is None:
+                raise
+            if current == original_doc:  # not applied: the full path, once
+                return self._perform_python_update(doc_id, update_spec, original_doc)[0]
+            log.warning("update of %s.%s applied although it reported %r; not applied "
+                        "again", self.collection.name, doc_id, exc)
+            return current
+
+    SqlUpdatesMixin._perform_enhanced_sql_update = once
+
+
 def main() -> None:
     """Start NX-27017 with the arguments given on the command line (and ``--unix-socket
     PATH``, which is ours)."""
@@ -72,6 +116,7 @@ def main() -> None:
         at = args.index("--unix-socket")
         _listen_on_unix_socket(args[at + 1])
         del args[at:at + 2]
+    _apply_updates_once()
     from nx_27017.nx_27017 import main as nx_main  # type: ignore[import-untyped]
 
     sys.argv[:] = ["nx-27017", *args]

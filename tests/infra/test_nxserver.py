@@ -1,0 +1,86 @@
+"""The embedded server's storage applies an update at most once, whatever its fast path
+reports (``backend.infra.nxserver._apply_updates_once``); run in this process, on a
+NeoSQLite database of its own, with the fast path made to fail before or after its
+UPDATE."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from neosqlite import Connection  # type: ignore[import-untyped]
+from neosqlite.collection.query_helper._sql_updates import (  # type: ignore[import-untyped]
+    SqlUpdatesMixin,
+)
+
+from backend.infra import nxserver
+
+TAKE = {"$inc": {"stock": -2}, "$push": {"holds": "ORD-1"}}
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[Any]:
+    original = SqlUpdatesMixin._perform_enhanced_sql_update
+    connection = Connection(str(tmp_path / "db.sqlite"))
+    try:
+        yield connection
+    finally:
+        SqlUpdatesMixin._perform_enhanced_sql_update = original
+        connection.close()
+
+
+def failing(when: str) -> Any:
+    """A fast path that raises before running its UPDATE, or after it (as when its check
+    of the UPDATE goes wrong)."""
+    fast = SqlUpdatesMixin._perform_enhanced_sql_update
+
+    def fast_path(self: Any, doc_id: Any, spec: Any, original_doc: Any = None) -> Any:
+        if when == "after":
+            fast(self, doc_id, spec, original_doc)
+        raise RuntimeError(f"No rows updated for doc_id {doc_id}")
+
+    return fast_path
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_neosqlite_alone_applies_a_take_twice_when_its_fast_path_fails_after_the_update(
+    storage: Any, when: str
+) -> None:
+    # The storage as shipped: its fallback applies $inc again and $push not at all. This
+    # is what the patch is for; should NeoSQLite ever stop doing it, this test says so.
+    SqlUpdatesMixin._perform_enhanced_sql_update = failing(when)
+    products = storage["products"]
+    products.insert_one({"_id": "P", "stock": 10, "holds": []})
+    products.update_one({"_id": "P"}, TAKE)
+    doc = products.find_one({"_id": "P"})
+    assert (doc["stock"], doc["holds"]) == ((6, ["ORD-1"]) if when == "after" else (8, []))
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_with_the_patch_a_take_is_applied_once_whichever_way_the_fast_path_fails(
+    storage: Any, when: str
+) -> None:
+    SqlUpdatesMixin._perform_enhanced_sql_update = failing(when)
+    nxserver._apply_updates_once()
+    products = storage["products"]
+    products.insert_one({"_id": "P", "stock": 10, "holds": ["ORD-0"]})
+    products.update_one({"_id": "P"}, TAKE)
+    doc = products.find_one({"_id": "P"})
+    assert (doc["stock"], doc["holds"]) == (8, ["ORD-0", "ORD-1"])
+    # An update that matches nothing is still nothing.
+    products.update_one({"_id": "P", "stock": {"$lt": 0}}, TAKE)
+    assert products.find_one({"_id": "P"})["stock"] == 8
+
+
+def test_with_the_patch_updates_that_do_not_fail_are_as_before(storage: Any) -> None:
+    nxserver._apply_updates_once()
+    products = storage["products"]
+    products.insert_one({"_id": "P", "stock": 10, "holds": []})
+    for n in range(3):
+        products.update_one({"_id": "P", "$nor": [{"holds": f"ORD-{n}"}]},
+                            {**TAKE, "$push": {"holds": f"ORD-{n}"}})
+    products.update_one({"_id": "P"}, {"$pull": {"holds": "ORD-1"}, "$set": {"name": "p"}})
+    doc = products.find_one({"_id": "P"})
+    assert (doc["stock"], doc["holds"], doc["name"]) == (4, ["ORD-0", "ORD-2"], "p")
