@@ -102,6 +102,29 @@ def _apply_updates_once() -> None:
     SqlUpdatesMixin._perform_enhanced_sql_update = once
 
 
+def _close_streams_under_lock() -> None:
+    """When a client's connection ends, NX-27017 closes the change streams it opened and
+    prunes their change table: on its event-loop thread, without the database's lock that
+    every command holds, so on the same SQLite connection as the command a worker thread
+    may be running at that moment. Here that cleanup takes the database's lock first. (A
+    ``kill -9`` of one instance was followed by the server answering nothing at all.)"""
+    from nx_27017.handler import NeoSQLiteHandler  # type: ignore[import-untyped]
+
+    close = NeoSQLiteHandler.close_streams_for_connection
+
+    def locked(self: Any, conn_id: Any) -> None:
+        manager = self._change_stream_manager
+        with manager._lock:
+            names = sorted({stream.db_name for stream in manager._streams.values()
+                            if stream._owner == conn_id})
+        with contextlib.ExitStack() as held:
+            for name in names:  # as a command does: this database's lock, then the rest
+                held.enter_context(self._lock_for(name))
+            close(self, conn_id)
+
+    NeoSQLiteHandler.close_streams_for_connection = locked
+
+
 def main() -> None:
     """Start NX-27017 with the arguments given on the command line (and ``--unix-socket
     PATH``, which is ours)."""
@@ -117,6 +140,7 @@ def main() -> None:
         _listen_on_unix_socket(args[at + 1])
         del args[at:at + 2]
     _apply_updates_once()
+    _close_streams_under_lock()
     from nx_27017.nx_27017 import main as nx_main  # type: ignore[import-untyped]
 
     sys.argv[:] = ["nx-27017", *args]

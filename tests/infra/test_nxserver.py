@@ -84,3 +84,41 @@ def test_with_the_patch_updates_that_do_not_fail_are_as_before(storage: Any) -> 
     products.update_one({"_id": "P"}, {"$pull": {"holds": "ORD-1"}, "$set": {"name": "p"}})
     doc = products.find_one({"_id": "P"})
     assert (doc["stock"], doc["holds"], doc["name"]) == (4, ["ORD-0", "ORD-2"], "p")
+
+
+def test_a_closing_connections_streams_are_closed_under_their_databases_lock() -> None:
+    import threading
+
+    from nx_27017.handler import NeoSQLiteHandler  # type: ignore[import-untyped]
+
+    original = NeoSQLiteHandler.close_streams_for_connection
+    held: list[bool] = []
+
+    class Stream:
+        def __init__(self, db_name: str, owner: int) -> None:
+            self.db_name, self._owner = db_name, owner
+
+    class Manager:
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+            self._streams = {1: Stream("shop", 7), 2: Stream("other", 8)}
+
+    class Handler:
+        def __init__(self) -> None:
+            self._change_stream_manager = Manager()
+            self.locks = {"shop": threading.RLock(), "other": threading.RLock()}
+
+        def _lock_for(self, name: str) -> threading.RLock:
+            return self.locks[name]
+
+        def close_streams_for_connection(self, conn_id: int) -> None:  # NX-27017's own
+            held.append(self.locks["shop"]._is_owned())  # type: ignore[attr-defined]
+            held.append(self.locks["other"]._is_owned())  # type: ignore[attr-defined]
+
+    try:
+        NeoSQLiteHandler.close_streams_for_connection = Handler.close_streams_for_connection
+        nxserver._close_streams_under_lock()
+        NeoSQLiteHandler.close_streams_for_connection(Handler(), 7)
+    finally:
+        NeoSQLiteHandler.close_streams_for_connection = original
+    assert held == [True, False]  # its stream's database only
