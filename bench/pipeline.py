@@ -33,7 +33,7 @@ from backend.domain.orders import HIDDEN_FIELDS, place_order, product_reader
 from backend.infra.database import WRITE_COMMANDS, WriteListener, make_client
 from backend.infra.embedded import EmbeddedServer
 from backend.pipeline import AUTOMATIC, PaymentGateway, Pipeline
-from bench.report import chart_bars, write
+from bench.report import chart_bars, percents, write
 from streaming import ChangeEngine
 
 STOCK = 1_000_000
@@ -280,8 +280,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                  f"({row['write_commands_per_order']} commands), ceiling "
                                  f"{row['ceiling_orders_per_s']:.1f}/s "
                                  f"({100 * row['share_of_ceiling']:.0f} % of it; runs "
-                                 f"{', '.join(f'{100 * x:.0f}' for x in row['share_of_ceiling_all'])}"
-                                 f" %; steady {row['steady_orders_per_s_median']:.1f}/s), "
+                                 f"{percents(row['share_of_ceiling_all'])} %; "
+                                 f"steady {row['steady_orders_per_s_median']:.1f}/s), "
                                  f"checks {'ok' if row['all_checks_ok'] else 'FAILED'}")
                     rows.append(row)
                     print(line, flush=True)

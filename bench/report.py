@@ -10,7 +10,7 @@ from typing import Any
 
 from loadtest.runner import percentile, spread
 
-__all__ = ["chart_bars", "machine", "percentile", "spread", "write"]
+__all__ = ["chart_bars", "machine", "percentile", "percents", "spread", "write"]
 
 
 def machine() -> dict[str, Any]:
@@ -24,6 +24,11 @@ def point(rows: list[dict[str, Any]], server: str, clients: int,
     """The row of ``server`` at ``clients`` x ``rate``, if it was measured."""
     return next((r for r in rows if (r["server"], r["clients"], r["rate"])
                  == (server, clients, rate)), None)
+
+
+def percents(shares: list[float]) -> str:
+    """Shares (0.712) as the tables print them: "71, 62, 77"."""
+    return ", ".join(f"{100 * share:.0f}" for share in shares)
 
 
 def write(path: Path, report: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.report import point
+from bench.report import percents, point
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -142,9 +142,8 @@ def rows() -> list[tuple[str, str, str, str]]:
                     ceilings = [o["ceiling_orders_per_s"] for o in row["outcomes"]]
                     share = (f"{100 * row['share_of_ceiling']:.0f} % of what its database "
                              "allowed (median of the runs: "
-                             f"{', '.join(f'{100 * x:.0f}' for x in row['share_of_ceiling_all'])}"
-                             f" % of each one's ceiling, {min(ceilings)} to {max(ceilings)} "
-                             "orders/s)")
+                             f"{percents(row['share_of_ceiling_all'])} % of each one's "
+                             f"ceiling, {min(ceilings)} to {max(ceilings)} orders/s)")
                 else:
                     share = (f"{100 * row['share_of_ceiling']:.0f} % of the "
                              f"{row['ceiling_orders_per_s']} orders/s its database allows")
