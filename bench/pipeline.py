@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.domain.clock import ms_between
-from backend.domain.orders import HIDDEN_FIELDS, place_order, product_reader
+from backend.domain.orders import HIDDEN_FIELDS, order_writer, place_order, product_reader
 from backend.infra.database import WRITE_COMMANDS, WriteListener, make_client
 from backend.infra.embedded import EmbeddedServer
 from backend.pipeline import AUTOMATIC, PaymentGateway, Pipeline
@@ -99,14 +99,14 @@ async def _place(db: Any, engine: Any, orders: int, products: list[str],
                  claim: Any = None) -> None:
     rng = random.Random(1)
     sem = asyncio.Semaphore(32)
-    prices = product_reader(db)  # one per process, as the app has
+    prices, writer = product_reader(db), order_writer(db)  # one per process, as the app has
 
     async def one(n: int) -> None:
         async with sem:
             items = [(p, rng.randint(1, 3)) for p in rng.sample(products, 2)]
             await place_order(db, engine, user_id=f"c{n % 20:02d}", items=items,
                                correlation=f"b{n}", actor="customer", claim=claim,
-                               products=prices)
+                               products=prices, writer=writer)
 
     await asyncio.gather(*(one(n) for n in range(orders)))
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WriteError
 
 from streaming import Document
 
@@ -93,3 +94,35 @@ class ByIdReader(GroupCommit[tuple[Any, ...], dict[Any, Document]]):
         found = {doc["_id"]: doc async for doc in self.collection.find(
             {"_id": {"$in": wanted}}, self.projection)}
         return [{key: found[key] for key in ids if key in found} for ids in requests]
+
+
+DUPLICATE_KEY = 11000
+
+
+class DocumentInserter(GroupCommit[Document, PyMongoError | None]):
+    """``await insert(doc)``: as ``insert_one(doc)``, sent in one unordered ``insert_many``
+    with every insert waiting meanwhile. A write error of this document is raised to its
+    caller alone (a duplicate id as ``DuplicateKeyError``, as ``insert_one`` raises it);
+    an error of the whole command, to every caller of that batch."""
+
+    def __init__(self, collection: AsyncCollection[Document], *, max_batch: int = 256,
+                 spawn: Spawn | None = None) -> None:
+        super().__init__(max_batch=max_batch, spawn=spawn)
+        self.collection = collection
+
+    async def insert(self, doc: Document) -> None:
+        if (error := await self.submit(doc)) is not None:
+            raise error
+
+    async def send(self, docs: list[Document]) -> list[PyMongoError | None]:
+        answers: list[PyMongoError | None] = [None] * len(docs)
+        try:
+            await self.collection.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if exc.details.get("writeConcernErrors"):
+                raise
+            for error in exc.details.get("writeErrors", ()):
+                kind = DuplicateKeyError if error.get("code") == DUPLICATE_KEY else WriteError
+                answers[int(error["index"])] = kind(error.get("errmsg", "write error"),
+                                                    error.get("code"), error)
+        return answers

@@ -21,7 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from backend.domain import stock
-from backend.domain.batching import ByIdReader, Spawn
+from backend.domain.batching import ByIdReader, DocumentInserter, Spawn
 from backend.domain.clock import now_iso
 from backend.domain.errors import Conflict, Invalid, NotFound
 from backend.domain.stock import SETTLE_S
@@ -89,11 +89,18 @@ def product_reader(db: AsyncDatabase[Document], *, spawn: Spawn | None = None) -
     return ByIdReader(db.products, {"name": 1, "price_cents": 1}, spawn=spawn)
 
 
+def order_writer(db: AsyncDatabase[Document], *, spawn: Spawn | None = None) -> DocumentInserter:
+    """What :func:`place_order` inserts orders through; one per process lets the orders
+    placed at the same moment go in one ``insert_many``."""
+    return DocumentInserter(db.orders, spawn=spawn)
+
+
 async def place_order(db: AsyncDatabase[Document], engine: ChangeEngine, *, user_id: str,
                       items: list[tuple[str, int]], correlation: str, actor: str,
                       idempotency_key: str | None = None,
                       claim: Callable[[str], Document] | None = None,
-                      products: ByIdReader | None = None) -> tuple[Document, bool]:
+                      products: ByIdReader | None = None,
+                      writer: DocumentInserter | None = None) -> tuple[Document, bool]:
     """Insert a ``pending`` order priced from the database; returns (order, created).
 
     With ``idempotency_key`` the order id is derived from it, so a retry of the same
@@ -102,7 +109,8 @@ async def place_order(db: AsyncDatabase[Document], engine: ChangeEngine, *, user
     order's id, the fields that give it to this instance's pipeline as it is written
     (``Pipeline.claim_placed``), which saves that pipeline a write to claim it.
     ``products``: a reader of products' names and prices (:func:`product_reader`) that
-    reads them for every order being placed at that moment in one ``find``.
+    reads them for every order being placed at that moment in one ``find``; ``writer``
+    (:func:`order_writer`), the same for their inserts.
     """
     if not items:
         raise Invalid("an order needs at least one item")
@@ -145,7 +153,10 @@ async def place_order(db: AsyncDatabase[Document], engine: ChangeEngine, *, user
     if claim is not None:
         order.update(claim(str(order["_id"])))
     try:
-        await db.orders.insert_one(order)
+        if writer is None:
+            await db.orders.insert_one(order)
+        else:
+            await writer.insert(order)
     except DuplicateKeyError:
         if idempotency_key is None:
             raise

@@ -36,6 +36,7 @@ from typing import Any
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
+from backend.domain.batching import GroupCommit, Spawn
 from backend.domain.clock import now_iso
 from backend.domain.errors import Conflict, Invalid, NotFound, StaleStock
 from streaming import ChangeEngine, Document
@@ -114,30 +115,24 @@ async def _take_one(db: AsyncDatabase[Document], order_id: str,
     return _why_not(product_id, product), False
 
 
-async def take_all(db: AsyncDatabase[Document], order_id: str,
-                   items: list[Document]) -> tuple[Document | None, int]:
-    """Take every item's units for the order, all in one command; returns (None when every
-    item's are taken, now or by an earlier attempt, else why not as :func:`take` says it,
-    for the first item that could not be; how many products this call took units from).
+def _take_statements(order_id: str, items: list[Document]) -> list[UpdateOne]:
+    """The order's takes, one conditional update of a product each."""
+    return [UpdateOne(_unmarked(item["product_id"], order_id, condition), update)
+            for item in items for condition, update in (_taking(order_id, item),)]
 
-    Every item is tried, not only those before one that fails: what was taken stays marked
-    as the order's, and :func:`settle_takes` gives it back once the order is rejected."""
-    if not items:
-        return None, 0
-    takes = [(item["product_id"], *_taking(order_id, item)) for item in items]
-    result = await db.products.bulk_write(
-        [UpdateOne(_unmarked(product_id, order_id, condition), update)
-         for product_id, condition, update in takes], ordered=False)
-    moved = result.modified_count
-    if result.matched_count == len(items):
-        return None, moved
-    # Some were not taken: taken before by an earlier attempt (marked), out of stock, gone,
-    # or a product with no holds array yet (see _unmarked_update). One read says which, so
-    # that a re-drive is as short as it can be: its marks are what keep a stalled worker
-    # from taking twice, and the sweep drops them once the reservation is old.
-    found = {p["_id"]: p for p in await db.products.find(
-        {"_id": {"$in": [item["product_id"] for item in items]}},
-        {HOLDS: 1, "name": 1, "stock": 1}).to_list()}
+
+async def _products_of(db: AsyncDatabase[Document], items: list[Document]) -> dict[str, Document]:
+    found = await db.products.find({"_id": {"$in": sorted({i["product_id"] for i in items})}},
+                                   {HOLDS: 1, "name": 1, "stock": 1}).to_list()
+    return {p["_id"]: p for p in found}
+
+
+async def _after_a_shortfall(db: AsyncDatabase[Document], order_id: str, items: list[Document],
+                             found: dict[str, Document]) -> tuple[Document | None, int]:
+    """After takes of which fewer applied than were sent, with the products as read since:
+    (None when each of the order's items is taken, now or by an earlier attempt, else why
+    not for the first that is not; how many products a retry here took units from)."""
+    moved = 0
     for item in items:
         failure: Document | None
         product = found.get(item["product_id"])
@@ -152,6 +147,59 @@ async def take_all(db: AsyncDatabase[Document], order_id: str,
         if failure is not None:
             return failure, moved
     return None, moved
+
+
+async def take_all(db: AsyncDatabase[Document], order_id: str,
+                   items: list[Document]) -> tuple[Document | None, int]:
+    """Take every item's units for the order, all in one command; returns (None when every
+    item's are taken, now or by an earlier attempt, else why not as :func:`take` says it,
+    for the first item that could not be; how many products this call took units from).
+
+    Every item is tried, not only those before one that fails: what was taken stays marked
+    as the order's, and :func:`settle_takes` gives it back once the order is rejected."""
+    if not items:
+        return None, 0
+    result = await db.products.bulk_write(_take_statements(order_id, items), ordered=False)
+    if result.matched_count == len(items):
+        return None, result.modified_count
+    # Some were not taken: taken before by an earlier attempt (marked), out of stock, gone,
+    # or a product with no holds array yet (see _unmarked_update). One read says which, so
+    # that a re-drive is as short as it can be: its marks are what keep a stalled worker
+    # from taking twice, and the sweep drops them once the reservation is old.
+    failure, took = await _after_a_shortfall(db, order_id, items, await _products_of(db, items))
+    return failure, result.modified_count + took
+
+
+class TakeBatcher(GroupCommit[tuple[str, list[Document]], tuple[Document | None, bool]]):
+    """``await take_all(order_id, items)``: :func:`take_all` for one order, its takes sent
+    in one bulk write with those of every order waiting meanwhile (``batching``). Answers
+    (None or why not, as :func:`take_all`; whether that command, or a retry for this order,
+    changed any product: what a nudge of the engine may promise). When fewer applied than
+    were sent, one read of the batch's products says, for each order, which."""
+
+    def __init__(self, db: AsyncDatabase[Document], *, max_batch: int = 256,
+                 spawn: Spawn | None = None) -> None:
+        super().__init__(max_batch=max_batch, spawn=spawn)
+        self.db = db
+
+    async def take_all(self, order_id: str, items: list[Document]) -> tuple[Document | None, bool]:
+        return await self.submit((order_id, items))
+
+    async def send(self, requests: list[tuple[str, list[Document]]]
+                   ) -> list[tuple[Document | None, bool]]:
+        statements = [s for order_id, items in requests for s in _take_statements(order_id, items)]
+        if not statements:
+            return [(None, False)] * len(requests)
+        result = await self.db.products.bulk_write(statements, ordered=False)
+        changed = result.modified_count > 0
+        if result.matched_count == len(statements):
+            return [(None, changed)] * len(requests)
+        found = await _products_of(self.db, [i for _, items in requests for i in items])
+        answers: list[tuple[Document | None, bool]] = []
+        for order_id, items in requests:
+            failure, took = await _after_a_shortfall(self.db, order_id, items, found)
+            answers.append((failure, changed or took > 0))
+        return answers
 
 
 def _why_not(product_id: str, product: Document | None) -> Document:

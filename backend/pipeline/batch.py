@@ -15,12 +15,10 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from backend.domain.batching import GroupCommit, Spawn
+from backend.domain.batching import DUPLICATE_KEY, GroupCommit, Spawn
 from streaming import Document
 
 logger = logging.getLogger("changecast.pipeline")
-
-DUPLICATE_KEY = 11000
 
 
 class InsertBatcher(GroupCommit[Document, bool]):

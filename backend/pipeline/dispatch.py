@@ -52,6 +52,8 @@ class Dispatcher:
         # Transitions of many orders at once go out in one command (see batch.py).
         self.transitions = UpdateBatcher(work.db.orders, proof_field="transition_id",
                                          spawn=work.spawn)
+        # And the stock takes of the orders being reserved at that moment.
+        self.takes = stock.TakeBatcher(work.db, spawn=work.spawn)
 
     def enqueue(self, order_id: str, seen: Document | None = None) -> None:
         """Drive this order (again); an order already being driven is skipped. ``seen``: the
@@ -193,7 +195,7 @@ class Dispatcher:
                      extra={"correlation_id": order.get("correlation_id"), "order_id": order_id})
         # Exactly once even when this is a re-drive of an attempt that died half-way: the
         # product remembers which orders it gave units to (backend.domain.stock).
-        failure, taken = await stock.take_all(self.work.db, order_id, items)
+        failure, taken = await self.takes.take_all(order_id, items)
         if taken:  # a nudge promises a change: the watcher treats silence after it as a stall
             self.work.engine.nudge("products")
         if failure is not None:

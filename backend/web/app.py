@@ -178,7 +178,8 @@ def create_app(settings: Settings, *, database: Database | None = None) -> Starl
             state = AppState(settings=settings, database=db, engine=engine,
                              analytics=analytics, pipeline=pipeline, templates=make_templates(),
                              passwords=passwords, history=history, reachability=reachability,
-                             presence=presence, products=order_ops.product_reader(db.db))
+                             presence=presence, products=order_ops.product_reader(db.db),
+                             orders=order_ops.order_writer(db.db))
             stack.callback(engine.listen(end_revoked_sessions(state)))
             # The cyclic collector's full collections stop the event loop for as long as
             # they walk every object (measured: 70-110 ms with 1,000 sockets open: the

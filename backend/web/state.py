@@ -16,7 +16,7 @@ from starlette.requests import HTTPConnection
 from starlette.templating import Jinja2Templates
 
 from backend.domain.analytics import LiveAnalytics
-from backend.domain.batching import ByIdReader
+from backend.domain.batching import ByIdReader, DocumentInserter
 from backend.domain.demo import DemoLimiter
 from backend.domain.passwords import PasswordPool
 from backend.domain.users import LoginThrottle
@@ -58,6 +58,7 @@ class AppState:
     reachability: Reachability
     presence: Presence
     products: ByIdReader  # place_order's reads of prices, shared by the orders of a moment
+    orders: DocumentInserter  # and its inserts
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     demo_limiter: DemoLimiter = field(default_factory=DemoLimiter)
     passwords: PasswordPool = field(default_factory=PasswordPool)

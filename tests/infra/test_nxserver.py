@@ -122,3 +122,46 @@ def test_a_closing_connections_streams_are_closed_under_their_databases_lock() -
     finally:
         NeoSQLiteHandler.close_streams_for_connection = original
     assert held == [True, False]  # its stream's database only
+
+
+def test_change_tables_are_pruned_at_most_every_interval_and_keep_their_newest_rows(
+    storage: Any,
+) -> None:
+    from nx_27017.changestream import ChangeStreamManager  # type: ignore[import-untyped]
+
+    original = ChangeStreamManager._prune
+    now = [100.0]
+    try:
+        nxserver._prune_at_most_every(0.5, clock=lambda: now[0])
+        manager = ChangeStreamManager()
+        orders = storage["orders"]
+        assert manager.ensure_tracked("shop", "orders", lambda: orders) is not None
+        stream = manager.create_stream("orders", [], db_name="shop")
+
+        def rows() -> int:
+            return int(storage.db.execute(
+                "SELECT COUNT(*) FROM _neosqlite_changestream").fetchone()[0])
+
+        def read_all() -> list[int]:
+            seen: list[int] = []
+            while batch := manager.pull_stream(stream, 5000)[0]:
+                seen += [doc["fullDocument"]["n"] for doc in batch]
+            return seen
+
+        orders.insert_many([{"n": n} for n in range(1500)])
+        assert read_all() == list(range(1500))
+        assert rows() == 1000  # the first prune at once, to the newest 1,000 rows
+        orders.insert_many([{"n": n} for n in range(1500, 2000)])
+        assert read_all() == list(range(1500, 2000))
+        assert rows() == 1500  # within the interval: deferred, nothing lost
+        now[0] += 0.5
+        assert read_all() == []
+        assert rows() == 1000  # the interval is over: pruned as NX-27017 would have
+        # A stream resumed from the oldest row kept replays the newest 1,000 in order.
+        oldest = storage.db.execute(
+            "SELECT MIN(id) FROM _neosqlite_changestream").fetchone()[0]
+        stream = manager.create_stream("orders", [], db_name="shop",
+                                       resume_after={"_data": f"nx:{oldest - 1}"})
+        assert read_all() == list(range(1000, 2000))
+    finally:
+        ChangeStreamManager._prune = original

@@ -7,6 +7,7 @@ the reconciler or a retry finish, and counts units.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
@@ -252,3 +253,38 @@ async def test_take_all_takes_every_item_once_and_says_which_is_short(
     assert await stock.give_back(db, short["_id"], short["items"]) == 1  # A's unit goes back
     assert (await units(db))["A"] == (7, [order["_id"]])
     assert (await units(db))["B"] == (8, [order["_id"]])
+
+
+async def test_takes_of_orders_reserved_together_go_in_one_command_each_told_its_own_outcome(
+    ab: tuple[Db, ChangeEngine]
+) -> None:
+    db, engine = ab
+    await db.products.update_one({"_id": "B"}, {"$unset": {stock.HOLDS: ""}})  # never sold
+    first = await order_for(db, engine, [("A", 3), ("B", 2)])
+    second = await order_for(db, engine, [("A", 4)])
+    short = await order_for(db, engine, [("A", 1), ("B", 9)])  # B: 8 left after the first
+    batches: list[list[str]] = []
+
+    class Takes(stock.TakeBatcher):
+        async def send(self, requests: Any) -> Any:
+            batches.append([order_id for order_id, _ in requests])
+            return await super().send(requests)
+
+    takes = Takes(db)
+    outcomes = await asyncio.gather(*(takes.take_all(o["_id"], o["items"])
+                                      for o in (first, second, short)))
+    # Asked at the same moment: one command for the three.
+    assert batches == [[first["_id"], second["_id"], short["_id"]]]
+    assert outcomes[:2] == [(None, True), (None, True)]
+    failure, changed = outcomes[2]
+    assert failure is not None and failure["failure_code"] == "out_of_stock"
+    assert failure["failure_product"] == "B" and changed
+    a_marks = [first["_id"], second["_id"], short["_id"]]
+    assert (await units(db))["A"] == (2, a_marks)  # the short order's A stays marked
+    assert (await units(db))["B"] == (8, [first["_id"]])
+    # A re-drive of all three together takes nothing twice and says the same.
+    again = await asyncio.gather(*(takes.take_all(o["_id"], o["items"])
+                                   for o in (first, second, short)))
+    assert [f for f, _ in again] == [None, None, failure]
+    assert (await units(db))["A"] == (2, a_marks)
+    assert (await units(db))["B"] == (8, [first["_id"]])

@@ -303,7 +303,8 @@ async def post_order(request: Request) -> Response:
         state.db, state.engine, user_id=owner,
         items=[(i.product_id, i.quantity) for i in body.items], correlation=correlation,
         actor=user.role, idempotency_key=request.headers.get("idempotency-key"),
-        claim=state.placement_claim, products=state.products)
+        claim=state.placement_claim, products=state.products,
+        writer=state.orders)
     headers = {"X-Correlation-ID": str(order["correlation_id"])}
     if not created:
         headers["Idempotent-Replayed"] = "true"

@@ -252,7 +252,8 @@ async def checkout(request: Request) -> Response:
         order, _ = await order_ops.place_order(
             state.db, state.engine, user_id=user.id, items=list(cart.items()),
             correlation=order_ops.correlation_id(None), actor=user.role,
-            claim=state.placement_claim, products=state.products)
+            claim=state.placement_claim, products=state.products,
+            writer=state.orders)
     except CLIENT_ERRORS as exc:
         return await _render_cart(request, {"kind": "error", "text": exc.message},
                                   status_of(exc))
