@@ -335,6 +335,8 @@ class Client:
             if sub is not None:
                 await sub._change(msg)
         elif kind in ("subscribed", "error") and sub_id in self._replies:
+            if kind == "subscribed" and (sub := self.subscriptions.get(str(sub_id))) is not None:
+                await sub._subscribed(msg)
             reply = self._replies[sub_id]
             if not reply.done():
                 reply.set_result(msg)

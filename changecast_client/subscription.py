@@ -53,6 +53,7 @@ class Subscription:
         self._need_snapshot = snapshot
         self._resyncing = False
         self._resync_epoch = 0  # resyncs so far: an attach ends the one it was started for
+        self._attach_epoch = 0  # the resyncs so far when the last attach started
         self._attaching = asyncio.Lock()
         self._ended = False
         self._error: ChangeCastError | None = None
@@ -114,13 +115,19 @@ class Subscription:
                 self._need_snapshot = False
                 await self._emit(Snapshot(dict(docs), seq))
             client = self.client
-            reply = await client._request_subscribe(self, client._next_id(), self.seq)
-            if self.seq is None:
-                self.seq = int(reply.get("seq", 0))  # changes after this one are ours
-            if self._resyncing and epoch == self._resync_epoch:
-                # (A resync that came right behind this ``subscribed`` is the next attach's.)
-                self._resyncing = False
-                await self._emit(ResyncEnd(self.seq))
+            self._attach_epoch = epoch
+            await client._request_subscribe(self, client._next_id(), self.seq)
+
+    async def _subscribed(self, reply: dict[str, Any]) -> None:
+        """The server's ``subscribed`` for this attach, handled by the reader as it comes:
+        before any change behind it on the socket (in the attach, after its wait, a change
+        read in the same moment came first, and a resync's end after that change)."""
+        if self.seq is None:
+            self.seq = int(reply.get("seq", 0))  # changes after this one are ours
+        if self._resyncing and self._attach_epoch == self._resync_epoch:
+            # (A resync that came right behind this ``subscribed`` is the next attach's.)
+            self._resyncing = False
+            await self._emit(ResyncEnd(self.seq))
 
     async def _load(self, first: bool) -> tuple[dict[str, Document], int]:
         """The snapshot; after the first, retried while the server cannot serve it (say the
