@@ -30,7 +30,6 @@ and API answer.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -196,13 +195,11 @@ class TakeBatcher(GroupCommit[tuple[str, list[Document]], tuple[Document | None,
         if result.matched_count == len(statements):
             return [(None, changed)] * len(requests)
         found = await _products_of(self.db, [i for _, items in requests for i in items])
-        # Each order's retries beside the others', as each order's own take_all would run
-        # them: one after another, a batch's first takes of products without a holds array
-        # yet took seconds under load, long enough for another instance to take the orders
-        # over as stalled.
-        outcomes = await asyncio.gather(*(_after_a_shortfall(self.db, order_id, items, found)
-                                          for order_id, items in requests))
-        return [(failure, changed or took > 0) for failure, took in outcomes]
+        answers: list[tuple[Document | None, bool]] = []
+        for order_id, items in requests:
+            failure, took = await _after_a_shortfall(self.db, order_id, items, found)
+            answers.append((failure, changed or took > 0))
+        return answers
 
 
 def _why_not(product_id: str, product: Document | None) -> Document:
