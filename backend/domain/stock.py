@@ -97,22 +97,7 @@ async def take(db: AsyncDatabase[Document], order_id: str, item: Document) -> Do
     else why not, as the order records it: ``failure_reason`` (a sentence naming the
     product), ``failure_code`` (``out_of_stock`` or ``unknown_product``) and
     ``failure_product`` (its id)."""
-    return (await _take_one(db, order_id, item))[0]
-
-
-async def _take_one(db: AsyncDatabase[Document], order_id: str,
-                    item: Document) -> tuple[Document | None, bool]:
-    """:func:`take`, and whether this call is what took the units."""
-    product_id = item["product_id"]
-    condition, update = _taking(order_id, item)
-    taken = await _unmarked_update(db, product_id, order_id, condition, update,
-                                   projection={"_id": 1})
-    if taken is not None:
-        return None, True
-    product = await db.products.find_one({"_id": product_id}, {HOLDS: 1, "name": 1})
-    if product is not None and order_id in (product.get(HOLDS) or ()):
-        return None, False  # an earlier attempt took it and died before the order moved on
-    return _why_not(product_id, product), False
+    return (await take_all(db, order_id, [item]))[0]
 
 
 def _take_statements(order_id: str, items: list[Document]) -> list[UpdateOne]:
@@ -127,26 +112,55 @@ async def _products_of(db: AsyncDatabase[Document], items: list[Document]) -> di
     return {p["_id"]: p for p in found}
 
 
-async def _after_a_shortfall(db: AsyncDatabase[Document], order_id: str, items: list[Document],
-                             found: dict[str, Document]) -> tuple[Document | None, int]:
-    """After takes of which fewer applied than were sent, with the products as read since:
-    (None when each of the order's items is taken, now or by an earlier attempt, else why
-    not for the first that is not; how many products a retry here took units from)."""
-    moved = 0
-    for item in items:
-        failure: Document | None
-        product = found.get(item["product_id"])
-        if product is not None and order_id in (product.get(HOLDS) or ()):
-            continue  # taken, now or by an earlier attempt
-        if product is None or int(product.get("stock") or 0) < int(item["quantity"]):
-            failure = _why_not(item["product_id"], product)
-        else:  # no holds array when the bulk ran (one may have been given it since), or
-            # stock put back since: this one on its own says
-            failure, took = await _take_one(db, order_id, item)
-            moved += took
-        if failure is not None:
-            return failure, moved
-    return None, moved
+def _marked(product: Document | None, order_id: str) -> bool:
+    return product is not None and order_id in (product.get(HOLDS) or ())
+
+
+async def _after_a_shortfall(db: AsyncDatabase[Document], requests: list[tuple[str, list[Document]]]
+                             ) -> list[tuple[Document | None, int]]:
+    """After the takes of ``requests`` (order id, items) of which fewer applied than were
+    sent: for each order, (None when each of its items is taken, now or by an earlier
+    attempt, else why not for the first that is not; how many products a retry here took
+    units from).
+
+    One read of the products says which applied. Those that did not but could have (the
+    product had no holds array yet, see :func:`_unmarked_update`, or stock came back
+    since) go again, all in one ordered bulk write in the order they were asked, so that
+    of two orders short of one product the one that asked first gets it, whatever the
+    timing; one more read says which of those applied. So a batch costs at most four
+    commands, however many of its products were never sold before."""
+    found = await _products_of(db, [i for _, items in requests for i in items])
+    # Per order: the first item (by position) that cannot be taken, and why.
+    failures: list[tuple[int, Document] | None] = [None] * len(requests)
+    retries: list[tuple[int, int, Document]] = []  # (order, item position, item)
+    for n, (order_id, items) in enumerate(requests):
+        for at, item in enumerate(items):
+            product = found.get(item["product_id"])
+            if _marked(product, order_id):
+                continue  # taken, now or by an earlier attempt
+            if product is None or int(product.get("stock") or 0) < int(item["quantity"]):
+                failures[n] = (at, _why_not(item["product_id"], product))
+                break
+            retries.append((n, at, item))
+    took = [0] * len(requests)
+    if retries:
+        bare = sorted({item["product_id"] for _, _, item in retries
+                       if found[item["product_id"]].get(HOLDS) is None})
+        if bare:
+            await db.products.update_many({"_id": {"$in": bare}, HOLDS: {"$exists": False}},
+                                          {"$set": {HOLDS: []}})
+        await db.products.bulk_write(
+            [s for n, _, item in retries for s in _take_statements(requests[n][0], [item])],
+            ordered=True)
+        after = await _products_of(db, [item for _, _, item in retries])
+        for n, at, item in retries:
+            product = after.get(item["product_id"])
+            if _marked(product, requests[n][0]):
+                took[n] += 1
+            elif (failure := failures[n]) is None or at < failure[0]:
+                failures[n] = (at, _why_not(item["product_id"], product))
+    return [(None if failure is None else failure[1], moved)
+            for failure, moved in zip(failures, took, strict=True)]
 
 
 async def take_all(db: AsyncDatabase[Document], order_id: str,
@@ -163,10 +177,10 @@ async def take_all(db: AsyncDatabase[Document], order_id: str,
     if result.matched_count == len(items):
         return None, result.modified_count
     # Some were not taken: taken before by an earlier attempt (marked), out of stock, gone,
-    # or a product with no holds array yet (see _unmarked_update). One read says which, so
-    # that a re-drive is as short as it can be: its marks are what keep a stalled worker
-    # from taking twice, and the sweep drops them once the reservation is old.
-    failure, took = await _after_a_shortfall(db, order_id, items, await _products_of(db, items))
+    # or a product with no holds array yet. A re-drive is as short as it can be: its marks
+    # are what keep a stalled worker from taking twice, and the sweep drops them once the
+    # reservation is old.
+    ((failure, took),) = await _after_a_shortfall(db, [(order_id, items)])
     return failure, result.modified_count + took
 
 
@@ -175,7 +189,8 @@ class TakeBatcher(GroupCommit[tuple[str, list[Document]], tuple[Document | None,
     in one bulk write with those of every order waiting meanwhile (``batching``). Answers
     (None or why not, as :func:`take_all`; whether that command, or a retry for this order,
     changed any product: what a nudge of the engine may promise). When fewer applied than
-    were sent, one read of the batch's products says, for each order, which."""
+    were sent, :func:`_after_a_shortfall` says, for each order, which, in a few commands
+    for the whole batch."""
 
     def __init__(self, db: AsyncDatabase[Document], *, max_batch: int = 256,
                  spawn: Spawn | None = None) -> None:
@@ -194,12 +209,8 @@ class TakeBatcher(GroupCommit[tuple[str, list[Document]], tuple[Document | None,
         changed = result.modified_count > 0
         if result.matched_count == len(statements):
             return [(None, changed)] * len(requests)
-        found = await _products_of(self.db, [i for _, items in requests for i in items])
-        answers: list[tuple[Document | None, bool]] = []
-        for order_id, items in requests:
-            failure, took = await _after_a_shortfall(self.db, order_id, items, found)
-            answers.append((failure, changed or took > 0))
-        return answers
+        return [(failure, changed or took > 0)
+                for failure, took in await _after_a_shortfall(self.db, requests)]
 
 
 def _why_not(product_id: str, product: Document | None) -> Document:

@@ -7,25 +7,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from backend.domain.orders import apply_transition
 from backend.pipeline.batch import UpdateBatcher
+from tests.support.commands import Commands
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-class Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name in ("update", "find", "findAndModify"):
-            self.names.append(event.command_name)
-
-    def succeeded(self, event: Any) -> None: ...
-
-    def failed(self, event: Any) -> None: ...
 
 
 async def test_transitions_sent_together_each_learn_whether_theirs_was_applied(
@@ -41,7 +29,7 @@ async def test_transitions_sent_together_each_learn_whether_theirs_was_applied(
         await db.orders.insert_many(orders)
         await db.orders.update_one({"_id": "O2"}, {"$set": {"claim": "other"}})  # lost claim
         batcher = UpdateBatcher(db.orders, proof_field="transition_id")
-        commands.names.clear()
+        commands.clear()
         # One goes out alone; the four that come while it is out go in one bulk write.
         first = asyncio.ensure_future(apply_transition(
             db, orders[0], "reserved", actor="pipeline", condition={"claim": "me"},

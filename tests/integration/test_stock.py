@@ -22,6 +22,7 @@ from backend.domain.orders import apply_transition, transition
 from backend.pipeline import PaymentGateway, Pipeline
 from streaming import ChangeEngine
 from tests.integration.test_pipeline import settled, setup
+from tests.support.commands import Commands
 from tests.support.ledger import shelf, sold
 from tests.support.mode import watch_mode
 from tests.support.orders import placed
@@ -288,3 +289,43 @@ async def test_takes_of_orders_reserved_together_go_in_one_command_each_told_its
     assert [f for f, _ in again] == [None, None, failure]
     assert (await units(db))["A"] == (2, a_marks)
     assert (await units(db))["B"] == (8, [first["_id"]])
+
+
+async def test_first_takes_of_never_sold_products_cost_the_batch_a_few_commands_in_asking_order(
+    mongo: AsyncMongoClient[dict[str, Any]], nx_uri: str, db_name: str
+) -> None:
+    # Products as the seed writes them: no holds array, which the bulk take cannot match
+    # (see stock._unmarked_update). Five units of C for ten orders that want one each.
+    commands = Commands()
+    client = AsyncMongoClient[dict[str, Any]](nx_uri, tz_aware=True, event_listeners=[commands])
+    try:
+        async with shop(mongo[db_name], {"A": 100, "B": 100, "C": 5}) as engine:
+            orders = [await order_for(mongo[db_name], engine,
+                                      [("A", 1), ("B", 2)] + [("C", 1)] * (n < 10))
+                      for n in range(20)]
+            takes = stock.TakeBatcher(client[db_name])
+            commands.clear()
+            outcomes = await asyncio.gather(*(takes.take_all(o["_id"], o["items"])
+                                              for o in orders))
+            # The bulk of all 20, one read, the missing holds arrays, the retries in one
+            # ordered bulk, one read: not several commands for each order.
+            assert commands.sent == [("update", "products"), ("find", "products"),
+                                     ("update", "products"), ("update", "products"),
+                                     ("find", "products")]
+            # The first five to ask got C, whatever the timing; the next five are told.
+            assert [failure is None for failure, _ in outcomes] == \
+                [True] * 5 + [False] * 5 + [True] * 10
+            assert {(f["failure_code"], f["failure_product"])
+                    for f, _ in outcomes if f is not None} == {("out_of_stock", "C")}
+            ids = [o["_id"] for o in orders]
+            assert await units(mongo[db_name]) == {
+                "A": (80, ids), "B": (60, ids), "C": (0, ids[:5])}
+            # Told again (a re-drive): nothing moves twice, and no retry is sent.
+            commands.clear()
+            again = await asyncio.gather(*(takes.take_all(o["_id"], o["items"])
+                                           for o in orders))
+            assert [f for f, _ in again] == [f for f, _ in outcomes]
+            assert commands.names == ["update", "find"]
+            assert (await units(mongo[db_name]))["C"] == (0, ids[:5])
+    finally:
+        await client.close()
