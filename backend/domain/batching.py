@@ -115,14 +115,23 @@ class DocumentInserter(GroupCommit[Document, PyMongoError | None]):
             raise error
 
     async def send(self, docs: list[Document]) -> list[PyMongoError | None]:
-        answers: list[PyMongoError | None] = [None] * len(docs)
-        try:
-            await self.collection.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            if exc.details.get("writeConcernErrors"):
-                raise
-            for error in exc.details.get("writeErrors", ()):
-                kind = DuplicateKeyError if error.get("code") == DUPLICATE_KEY else WriteError
-                answers[int(error["index"])] = kind(error.get("errmsg", "write error"),
-                                                    error.get("code"), error)
-        return answers
+        return await insert_each(self.collection, docs)
+
+
+async def insert_each(collection: AsyncCollection[Document], docs: list[Document], *,
+                      despite_write_concern: bool = False) -> list[PyMongoError | None]:
+    """One unordered ``insert_many`` of ``docs``: for each, None when written, else its own
+    write error (a duplicate id as ``DuplicateKeyError``). An error of the whole command
+    is raised, and so is a write-concern error unless ``despite_write_concern`` (then the
+    documents without a write error of their own count as written)."""
+    answers: list[PyMongoError | None] = [None] * len(docs)
+    try:
+        await collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        if exc.details.get("writeConcernErrors") and not despite_write_concern:
+            raise
+        for error in exc.details.get("writeErrors", ()):
+            kind = DuplicateKeyError if error.get("code") == DUPLICATE_KEY else WriteError
+            answers[int(error["index"])] = kind(error.get("errmsg", "write error"),
+                                                error.get("code"), error)
+    return answers

@@ -163,6 +163,24 @@ async def _after_a_shortfall(db: AsyncDatabase[Document], requests: list[tuple[s
             for failure, moved in zip(failures, took, strict=True)]
 
 
+async def _take_batch(db: AsyncDatabase[Document], requests: list[tuple[str, list[Document]]]
+                      ) -> tuple[int, list[tuple[Document | None, int]]]:
+    """The takes of ``requests`` (order id, items) in one bulk write: (how many products it
+    changed; for each order, what :func:`_after_a_shortfall` says, or (None, 0) when
+    every take applied)."""
+    statements = [s for order_id, items in requests for s in _take_statements(order_id, items)]
+    if not statements:
+        return 0, [(None, 0)] * len(requests)
+    result = await db.products.bulk_write(statements, ordered=False)
+    if result.matched_count == len(statements):
+        return result.modified_count, [(None, 0)] * len(requests)
+    # Some were not taken: taken before by an earlier attempt (marked), out of stock, gone,
+    # or a product with no holds array yet. A re-drive is as short as it can be: its marks
+    # are what keep a stalled worker from taking twice, and the sweep drops them once the
+    # reservation is old.
+    return result.modified_count, await _after_a_shortfall(db, requests)
+
+
 async def take_all(db: AsyncDatabase[Document], order_id: str,
                    items: list[Document]) -> tuple[Document | None, int]:
     """Take every item's units for the order, all in one command; returns (None when every
@@ -171,17 +189,8 @@ async def take_all(db: AsyncDatabase[Document], order_id: str,
 
     Every item is tried, not only those before one that fails: what was taken stays marked
     as the order's, and :func:`settle_takes` gives it back once the order is rejected."""
-    if not items:
-        return None, 0
-    result = await db.products.bulk_write(_take_statements(order_id, items), ordered=False)
-    if result.matched_count == len(items):
-        return None, result.modified_count
-    # Some were not taken: taken before by an earlier attempt (marked), out of stock, gone,
-    # or a product with no holds array yet. A re-drive is as short as it can be: its marks
-    # are what keep a stalled worker from taking twice, and the sweep drops them once the
-    # reservation is old.
-    ((failure, took),) = await _after_a_shortfall(db, [(order_id, items)])
-    return failure, result.modified_count + took
+    changed, ((failure, took),) = await _take_batch(db, [(order_id, items)])
+    return failure, changed + took
 
 
 class TakeBatcher(GroupCommit[tuple[str, list[Document]], tuple[Document | None, bool]]):
@@ -202,15 +211,8 @@ class TakeBatcher(GroupCommit[tuple[str, list[Document]], tuple[Document | None,
 
     async def send(self, requests: list[tuple[str, list[Document]]]
                    ) -> list[tuple[Document | None, bool]]:
-        statements = [s for order_id, items in requests for s in _take_statements(order_id, items)]
-        if not statements:
-            return [(None, False)] * len(requests)
-        result = await self.db.products.bulk_write(statements, ordered=False)
-        changed = result.modified_count > 0
-        if result.matched_count == len(statements):
-            return [(None, changed)] * len(requests)
-        return [(failure, changed or took > 0)
-                for failure, took in await _after_a_shortfall(self.db, requests)]
+        changed, answers = await _take_batch(self.db, requests)
+        return [(failure, changed > 0 or took > 0) for failure, took in answers]
 
 
 def _why_not(product_id: str, product: Document | None) -> Document:

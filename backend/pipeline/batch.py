@@ -13,9 +13,9 @@ import logging
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from backend.domain.batching import DUPLICATE_KEY, GroupCommit, Spawn
+from backend.domain.batching import GroupCommit, Spawn, insert_each
 from streaming import Document
 
 logger = logging.getLogger("changecast.pipeline")
@@ -35,19 +35,17 @@ class InsertBatcher(GroupCommit[Document, bool]):
 
     async def send(self, docs: list[Document]) -> list[bool]:
         try:
-            await self.collection.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            refused = {int(error["index"]) for error in exc.details.get("writeErrors", ())
-                       if error.get("code") != DUPLICATE_KEY}
-            for index in sorted(refused):
-                logger.warning("%s %s not written: %s", self.collection.name,
-                               docs[index]["_id"], exc)
-            return [index not in refused for index in range(len(docs))]
+            # A write-concern error: what has no error of its own was written.
+            errors = await insert_each(self.collection, docs, despite_write_concern=True)
         except PyMongoError as exc:
             logger.warning("%s: %d documents not written: %s", self.collection.name,
                            len(docs), exc)
             return [False] * len(docs)
-        return [True] * len(docs)
+        there = [error is None or isinstance(error, DuplicateKeyError) for error in errors]
+        for doc, error, ok in zip(docs, errors, there, strict=True):
+            if not ok:
+                logger.warning("%s %s not written: %s", self.collection.name, doc["_id"], error)
+        return there
 
 
 class UpdateBatcher(GroupCommit[tuple[Document, Document, str], bool]):

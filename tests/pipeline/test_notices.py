@@ -130,3 +130,27 @@ async def test_batcher_sends_waiting_inserts_together_and_says_what_is_there() -
     assert await asyncio.gather(batcher.insert({"_id": "x"}), batcher.insert({"_id": "y"})) \
         == [False, False]  # both went in one command, which failed
     assert await batcher.insert({"_id": "x"})  # written on the next try
+
+
+async def test_batcher_counts_as_written_what_a_write_concern_error_came_with() -> None:
+    from pymongo.errors import BulkWriteError
+
+    from backend.pipeline.batch import InsertBatcher
+
+    class Lagging(FakeCollection):
+        """Writes all but a refused one, then says the write concern was not met."""
+
+        async def insert_many(self, docs: list[dict[str, Any]], *, ordered: bool) -> None:
+            self.docs.update({d["_id"]: d for d in docs if d["_id"] != "bad"})
+            raise BulkWriteError({
+                "writeErrors": [{"index": i, "code": 2, "errmsg": "refused"}
+                                for i, d in enumerate(docs) if d["_id"] == "bad"],
+                "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication"}]})
+
+    collection = Lagging("audit")
+    batcher = InsertBatcher(collection)  # type: ignore[arg-type]
+    outcomes = await asyncio.gather(*(batcher.insert({"_id": key})
+                                      for key in ("a", "bad", "b")))
+    # On the primary, the two are there (a retry would be a duplicate); the refused one is not.
+    assert outcomes == [True, False, True]
+    assert sorted(collection.docs) == ["a", "b"]
