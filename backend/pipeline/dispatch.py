@@ -209,7 +209,10 @@ class Dispatcher:
 
     async def pay(self, order: Document) -> Document | None:
         """Charge; ``paid``, or ``payment_failed`` with the units going back."""
-        payment = await self.payments.charge(order)
+        payment = await self.payments.charge(order, ready=lambda: self._still_claimed(order))
+        if payment is None:
+            self.work.counters.claims_lost += 1
+            return None
         reason = payment.pop("reason")
         if payment["status"] == "captured":
             return await self.advance(order, "paid", "payment", extra={"payment": payment})
@@ -219,6 +222,23 @@ class Dispatcher:
         if failed is not None:
             await self.payments.restock(failed)
         return None
+
+    async def _still_claimed(self, order: Document) -> bool:
+        """Just before the bank is asked to charge the order: whether it is still this
+        instance's. The wait for one of the bank's slots can outlast the claim, and another
+        instance may then take the order over and charge it too; so a claim older than half
+        the reconcile timeout is renewed first (one conditional write, on the status and
+        the claim), and a claim already taken over means no charge here."""
+        if int(order.get("claim_at") or 0) >= now_ms() - int(self.work.reconcile_after_s * 500):
+            return True
+        renewed = now_ms()
+        found = await self.work.db.orders.find_one_and_update(
+            {"_id": order["_id"], "status": order["status"], "claim": self.work.instance},
+            {"$set": {"claim_at": renewed}}, projection={"_id": 1})
+        if found is None:
+            return False
+        order["claim_at"] = renewed
+        return True
 
 
 def _remember(recent: OrderedDict[str, Any], key: str, value: Any) -> None:

@@ -42,9 +42,16 @@ class PaymentGateway:
         self.in_flight = 0
         self.refunds: dict[str, str] = {}  # transaction id -> refund id
 
-    async def charge(self, total_cents: int) -> PaymentResult:
-        """Charge ``total_cents``; waits like a bank would, never blocking other orders."""
+    async def charge(self, total_cents: int, *,
+                     ready: Callable[[], Awaitable[bool]] | None = None) -> PaymentResult | None:
+        """Charge ``total_cents``; waits like a bank would, never blocking other orders.
+
+        ``ready``: asked once one of the ``concurrency`` slots is free, just before the
+        bank is; when it says False nothing is charged and the answer is None (the wait
+        for a slot can be long, and what was to be paid may have gone elsewhere)."""
         async with self._slots:
+            if ready is not None and not await ready():
+                return None
             self.in_flight += 1
             started = time.perf_counter()
             try:

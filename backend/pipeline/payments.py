@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
@@ -29,10 +30,15 @@ class Payments:
         self.notices = notices
         self._refunding: set[str] = set()
 
-    async def charge(self, order: Document) -> dict[str, object]:
-        """Ask the bank; returns the ``payment`` the order's next transition records."""
+    async def charge(self, order: Document, *,
+                     ready: Callable[[], Awaitable[bool]] | None = None
+                     ) -> dict[str, object] | None:
+        """Ask the bank; returns the ``payment`` the order's next transition records, or
+        None when ``ready`` (asked once a bank slot is free) said not to."""
         started = time.perf_counter()
-        result = await self.gateway.charge(int(order["total_cents"]))
+        result = await self.gateway.charge(int(order["total_cents"]), ready=ready)
+        if result is None:
+            return None
         logger.debug("payment %s in %.0f ms", "captured" if result.ok else "declined",
                     result.duration_ms, extra={"correlation_id": order.get("correlation_id"),
                                                "order_id": order["_id"], "stage": "payment"})
