@@ -231,13 +231,11 @@ class Dispatcher:
         the claim), and a claim already taken over means no charge here."""
         if int(order.get("claim_at") or 0) >= now_ms() - int(self.work.reconcile_after_s * 500):
             return True
-        renewed = now_ms()
-        found = await self.work.db.orders.find_one_and_update(
-            {"_id": order["_id"], "status": order["status"], "claim": self.work.instance},
-            {"$set": {"claim_at": renewed}}, projection={"_id": 1})
-        if found is None:
+        claim = {"claim": self.work.instance, "claim_at": now_ms()}
+        if await self._take_claim(str(order["_id"]), order["status"], self.work.instance,
+                                  claim, projection={"_id": 1}) is None:
             return False
-        order["claim_at"] = renewed
+        order.update(claim)
         return True
 
 
